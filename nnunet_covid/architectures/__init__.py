@@ -1,0 +1,1 @@
+"""Network architectures built from nnU-Net plans keyword arguments."""

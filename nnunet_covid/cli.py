@@ -1,0 +1,52 @@
+"""The ``nnunet-covid`` command: argparse subcommands, each implemented in its own module.
+
+Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
+heavy imports (torch, nnU-Net) inside ``run`` so that ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
+}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_covid import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nnunet-covid",
+        description="Transfer learning for COVID-19 / lung-lesion CT segmentation inside nnU-Net v2.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except CLIError as e:
+        print(f"nnunet-covid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nnunet-covid {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

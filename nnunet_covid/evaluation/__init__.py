@@ -1,0 +1,1 @@
+"""Evaluation with the papers' metrics, study runs and reports."""
