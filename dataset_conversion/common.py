@@ -296,6 +296,8 @@ def finish_dataset(dataset_dir: Path, channel_names: Mapping[int, str], labels: 
         raise ConversionError(f"{dataset_dir.name}: no training case could be converted{reason}")
     partial = dataset_dir / PARTIAL_DIR
     partial.mkdir(exist_ok=True)
+    dataset_json_fields.setdefault("converted_by", "nnunet-covid convert")
+    dataset_json_fields.setdefault("license", "see the terms of the original dataset")
     generate_dataset_json(str(partial), channel_names=dict(channel_names), labels=dict(labels),
                           num_training_cases=len(train_ids), file_ending=file_ending,
                           dataset_name=dataset_dir.name, **dataset_json_fields)

@@ -251,3 +251,28 @@ def write_covid19_ct_seg_layout(root: str | Path, seed: int = 0, shape: Sequence
                              ("Lung_and_Infection_Mask", combined)):
             _write_nifti(mask, root / folder / f"{case_id}.nii.gz", case.spacing)
     return root
+
+
+def write_covid_semiseg_2d_layout(root: str | Path, n_slices: int = 4, seed: int = 0, size: int = 64) -> Path:
+    """COVID-SemiSeg 2D (Inf-Net's MedSeg slices): ``train/{Imgs/N.jpg, GT/N.png}`` (masks 0/255) and
+    ``train-multiclass/{Imgs,GT,Prior}`` (masks 0 / 1 ground-glass / 2 consolidation as a palette PNG;
+    Prior is the binary 0/255 mask). Images are windowed grayscale JPEGs; slice N uses seed ``seed + N``.
+    """
+    from PIL import Image
+
+    from nnunet_covid.synthetic import make_covid_slice
+
+    top = Path(root) / "covid-semiseg-2d"
+    for folder in ("train/Imgs", "train/GT", "train-multiclass/Imgs", "train-multiclass/GT", "train-multiclass/Prior"):
+        (top / folder).mkdir(parents=True, exist_ok=True)
+    for n in range(n_slices):
+        image, classes = make_covid_slice(seed + n, size=size, multiclass=True)
+        binary = ((classes > 0) * 255).astype(np.uint8)
+        for folder in ("train", "train-multiclass"):
+            Image.fromarray(image, mode="L").save(top / folder / "Imgs" / f"{n}.jpg", quality=95)
+        Image.fromarray(binary, mode="L").save(top / "train" / "GT" / f"{n}.png")
+        Image.fromarray(binary, mode="L").save(top / "train-multiclass" / "Prior" / f"{n}.png")
+        palette = Image.fromarray(classes, mode="P")
+        palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))
+        palette.save(top / "train-multiclass" / "GT" / f"{n}.png")
+    return top

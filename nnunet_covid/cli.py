@@ -12,6 +12,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
+    "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
 }
 
 

@@ -1,0 +1,90 @@
+"""Convert a raw public dataset into an nnU-Net v2 raw dataset (``nnunet-covid convert <dataset> ...``).
+
+Every converter module listed in :data:`CONVERTER_MODULES` contributes one sub-subcommand. Such a
+module exposes ``CLI_NAME`` (the sub-subcommand), ``CLI_HELP`` (one line), ``add_arguments(parser)``
+for its dataset-specific flags, and ``convert_from_args(args) -> Path`` which calls its
+``convert_<name>(**common_kwargs(args), <specific flags>)``. The common flags (--input,
+--dataset-id, --name, --num-processes, --crop-lung, --crop-margin, --output-root) are added here.
+Converter modules keep heavy imports (SimpleITK, nnU-Net) inside functions so that ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+# Add a converter by appending its module here.
+CONVERTER_MODULES: list[str] = [
+    "dataset_conversion.covid_semiseg_2d",
+]
+
+
+def _dataset_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dataset id must be an integer, got {text!r}") from None
+    if not 1 <= value <= 999:
+        raise argparse.ArgumentTypeError(f"dataset id must be in 1..999, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every converter shares."""
+    parser.add_argument("--input", "-i", required=True, type=Path, metavar="RAW",
+                        help="folder of the raw dataset as downloaded")
+    parser.add_argument("--dataset-id", "-d", required=True, type=_dataset_id, metavar="N",
+                        help="nnU-Net dataset id (1-999); writes DatasetNNN_<Name>")
+    parser.add_argument("--name", default=None, help="dataset name (default: the converter's)")
+    parser.add_argument("--num-processes", "-np", type=_positive_int, default=1, metavar="P",
+                        help="cases converted in parallel (default 1)")
+    parser.add_argument("--crop-lung", action="store_true",
+                        help="crop every case to its lungs' bounding box (Liao et al. 2019 lung mask); "
+                             "boxes go to crop_boxes.json for `nnunet-covid uncrop`")
+    parser.add_argument("--crop-margin", type=float, default=None, metavar="MM",
+                        help="margin around the lung bounding box in mm (default 10)")
+    parser.add_argument("--output-root", "-o", type=Path, default=None,
+                        help="raw-data root to write into (default: $nnUNet_raw)")
+
+
+def common_kwargs(args: argparse.Namespace) -> dict:
+    """The keyword arguments every ``convert_<name>`` function accepts, from the common flags."""
+    kwargs = dict(input_dir=args.input, dataset_id=args.dataset_id, output_root=args.output_root,
+                  num_processes=args.num_processes, crop_lung=args.crop_lung, crop_margin_mm=args.crop_margin)
+    if args.name is not None:
+        kwargs["name"] = args.name
+    return kwargs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    for module_name in CONVERTER_MODULES:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(module.CLI_NAME, help=module.CLI_HELP, description=module.CLI_HELP)
+        add_common_arguments(p)
+        module.add_arguments(p)
+        p.set_defaults(_convert=module.convert_from_args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataset_conversion.common import ConversionError
+    from nnunet_covid.cli import CLIError
+
+    if not args.input.is_dir():
+        raise CLIError(f"input folder {args.input} does not exist")
+    try:
+        folder = args._convert(args)
+    except ConversionError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {folder}")
+    return 0

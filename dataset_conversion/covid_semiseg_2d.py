@@ -1,0 +1,125 @@
+"""COVID-SemiSeg 2D (MedSeg CT slices as used by Inf-Net) -> an nnU-Net 2D dataset of PNG slices.
+
+Raw layout (REFERENCE 3): ``train/{Imgs/*.jpg, GT/*.png}`` with binary masks 0/255 and the
+multi-class variant ``train-multiclass/{Imgs/*.jpg, GT/*.png}`` with 0 background, 1 ground-glass
+opacity, 2 consolidation (``Prior/`` is Inf-Net's semi-supervised prior and is not used). An
+optional ``test`` / ``test-multiclass`` folder of the same form becomes imagesTs/labelsTs.
+
+Written as nnU-Net documents 2D natural images: grayscale PNG ``<case>_0000.png`` read by
+``NaturalImage2DIO`` (file_ending ``.png``), label PNGs with values 0/1 (0/1/2 multi-class). The
+slices are already windowed grayscale, not HU, so the channel is named "grayscale" (z-score
+normalisation) rather than "CT".
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dataset_conversion.common import (PNG, CaseData, CaseJob, ConversionError, dataset_folder, finish_dataset,
+                                       run_cases)
+
+CLI_NAME = "covid-semiseg-2d"
+CLI_HELP = "COVID-SemiSeg 2D slices (Imgs/*.jpg, GT/*.png) -> nnU-Net 2D PNG dataset"
+DEFAULT_NAME = "COVIDSemiSeg2D"
+BINARY_LABELS = {"background": 0, "infection": 1}
+MULTICLASS_LABELS = {"background": 0, "ground-glass opacity": 1, "consolidation": 2}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def case_id_for(stem: str) -> str:
+    """``"7"`` -> ``"semiseg_007"`` (numeric stems zero-padded so the cases sort naturally)."""
+    return f"semiseg_{stem.zfill(3) if stem.isdigit() else stem}"
+
+
+def _read_gray(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            # palette PNGs (the multi-class GT) hold class indices: keep them, do not map to gray levels
+            return np.asarray(im if im.mode in ("L", "P", "I;16") else im.convert("L"))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ConversionError(f"cannot read {path}: {e}") from None
+
+
+def load_slice(image_file: str, mask_file: str | None, multiclass: bool, case_id: str) -> CaseData:
+    """One slice: grayscale image and mask (0/255 -> 0/1, or class indices 0/1/2) as 2D SimpleITK images."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = _read_gray(Path(image_file))
+    if image.ndim != 2:
+        raise ConversionError(f"case {case_id}: image {image_file} is not a 2D grayscale slice (shape {image.shape})")
+    images = [sitk.GetImageFromArray(image.astype(np.uint8))]
+    if mask_file is None:
+        return CaseData(images=images)
+    mask = _read_gray(Path(mask_file))
+    if mask.shape != image.shape:
+        raise ConversionError(f"case {case_id}: mask {Path(mask_file).name} shape {mask.shape} does not match "
+                              f"image {Path(image_file).name} shape {image.shape}")
+    values = set(np.unique(mask).tolist())
+    valid = values <= {0, 1, 2} if multiclass else (values <= {0, 255} or values <= {0, 1})
+    if not valid:
+        expected = "0/1/2 (background, ground-glass, consolidation)" if multiclass else "0/255"
+        raise ConversionError(f"case {case_id}: mask {mask_file} has values {sorted(values)}, expected {expected}")
+    label = mask if multiclass else (mask > 0)
+    return CaseData(images=images, label=sitk.GetImageFromArray(label.astype(np.uint8)),
+                    info={"source_image": Path(image_file).name, "lesion_pixels": int((label > 0).sum())})
+
+
+def find_slices(folder: Path, require_masks: bool = True) -> list[tuple[str, Path, Path | None]]:
+    """(case id, image, mask) for every image in ``folder/Imgs``; the mask is ``folder/GT/<stem>.png``."""
+    imgs, gts = folder / "Imgs", folder / "GT"
+    if not imgs.is_dir():
+        raise ConversionError(f"{folder}: no Imgs/ folder (expected Imgs/*.jpg and GT/*.png)")
+    slices = []
+    for image in sorted(p for p in imgs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
+        mask = gts / f"{image.stem}.png"
+        if not mask.is_file():
+            if require_masks:
+                raise ConversionError(f"{folder}: image {image.name} has no mask GT/{image.stem}.png")
+            mask = None
+        slices.append((case_id_for(image.stem), image, mask))
+    if not slices:
+        raise ConversionError(f"{imgs}: no .jpg/.png images found")
+    return slices
+
+
+def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str = DEFAULT_NAME,
+                             output_root: str | Path | None = None, num_processes: int = 1,
+                             crop_lung: bool = False, crop_margin_mm: float | None = None,
+                             multiclass: bool = False, progress: bool = True) -> Path:
+    """Convert ``input_dir`` (holding ``train/`` or ``train-multiclass/``) and return the dataset folder."""
+    if crop_lung:
+        raise ConversionError("--crop-lung needs 3D CT volumes in HU; COVID-SemiSeg slices are windowed 2D images")
+    input_dir = Path(input_dir)
+    suffix = "-multiclass" if multiclass else ""
+    train = input_dir / f"train{suffix}"
+    if not train.is_dir():
+        raise ConversionError(f"{input_dir}: no train{suffix}/ folder (the COVID-SemiSeg layout has "
+                              f"train/ and train-multiclass/, each with Imgs/ and GT/)")
+    jobs = [CaseJob(cid, load_slice, (str(img), str(mask), multiclass, cid)) for cid, img, mask in find_slices(train)]
+    test = input_dir / f"test{suffix}"
+    if test.is_dir():
+        jobs += [CaseJob(cid, load_slice, (str(img), None if mask is None else str(mask), multiclass, cid), subset="Ts")
+                 for cid, img, mask in find_slices(test, require_masks=False)]
+    folder = dataset_folder(dataset_id, name, output_root)
+    summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", file_ending=PNG,
+                        progress=progress)
+    return finish_dataset(folder, {0: "grayscale"}, MULTICLASS_LABELS if multiclass else BINARY_LABELS, summary,
+                          file_ending=PNG, overwrite_image_reader_writer="NaturalImage2DIO",
+                          description="COVID-SemiSeg (MedSeg) 2D CT slices, "
+                                      + ("ground-glass / consolidation" if multiclass else "binary infection"),
+                          reference="Fan et al., Inf-Net, IEEE TMI 2020; MedSeg COVID-19 CT segmentation dataset")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--multiclass", action="store_true",
+                        help="convert train-multiclass/ (1 ground-glass, 2 consolidation) instead of the binary train/")
+
+
+def convert_from_args(args: argparse.Namespace) -> Path:
+    from dataset_conversion.cli import common_kwargs
+
+    return convert_covid_semiseg_2d(**common_kwargs(args), multiclass=args.multiclass)
