@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
     "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
+    "evaluate": ("nnunet_covid.evaluation.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
 }
 
 

@@ -1,0 +1,239 @@
+"""Score predicted segmentations against ground truth with the papers' metrics (JSON + CSV).
+
+Every prediction in ``--pred`` is matched by case identifier to ``--gt``; each label of
+``--labels`` is scored as a binary mask (DSC, NSD@tau, SEN, SPE, PPV, VOE, |RVD|, F1, ACC, HD95;
+see :mod:`nnunet_covid.evaluation.metrics` for definitions and the empty-mask policy).
+``--per-patient-2d`` stacks 2D slices named ``<patient>_<index>`` per patient before scoring
+(as nCoVSegNet reports its metrics); surface metrics then use per-slice contours.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from nnunet_covid.evaluation.metrics import METRIC_NAMES, compute_metrics
+from nnunet_covid.evaluation.segmentation_io import (
+    EvaluationError,
+    check_same_geometry,
+    pair_cases,
+    patient_of_slice,
+    read_segmentation,
+    reader_for,
+)
+
+HD95_DEFINITION = ("max of the two directed, surfel-area-weighted 95th percentiles of surface distances "
+                   "(surface-distance compute_robust_hausdorff)")
+EMPTY_POLICY = ("zero-denominator ratios are 1 if ground truth and prediction are identical, else 0; "
+                "hd95 is 0 if both are empty and inf (null) if exactly one is; rvd is inf (null) for an empty "
+                "ground truth with a non-empty prediction")
+
+
+def _score(case: str, gt: np.ndarray, pred: np.ndarray, spacing, labels: Sequence[int], tolerance_mm: float,
+           slicewise: bool) -> list[dict]:
+    rows = []
+    for label in labels:
+        metrics = compute_metrics(gt == label, pred == label, spacing, tolerance_mm, slicewise=slicewise)
+        rows.append({"case": case, "label": int(label), **metrics})
+    return rows
+
+
+def _evaluate_case(job: tuple) -> list[dict]:
+    """Worker: read one case (or one patient's slices), check geometry, score every label."""
+    case, pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient = job
+    reader = reader_for(file_ending, pairs[0][1], dataset_json)
+    gts, preds = [], []
+    for slice_case, gt_file, pred_file in pairs:
+        gt = read_segmentation(reader, gt_file, slice_case)
+        pred = read_segmentation(reader, pred_file, slice_case)
+        check_same_geometry(slice_case, gt, pred)
+        gts.append(gt)
+        preds.append(pred)
+    if not per_patient:
+        return _score(case, gts[0].array, preds[0].array, gts[0].spacing, labels, tolerance_mm, False)
+    if any(g.array.ndim != 2 or g.array.shape != gts[0].array.shape for g in gts):
+        shapes = sorted({g.array.shape for g in gts})
+        raise EvaluationError(f"patient {case}: --per-patient-2d needs 2D slices of one size, got shapes {shapes}")
+    gt_stack = np.stack([g.array for g in gts])
+    pred_stack = np.stack([p.array for p in preds])
+    return _score(case, gt_stack, pred_stack, (1.0, *gts[0].spacing), labels, tolerance_mm, True)
+
+
+def _jobs(pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient) -> list[tuple]:
+    if not per_patient:
+        return [(case, [(case, g, p)], labels, tolerance_mm, file_ending, dataset_json, False)
+                for case, g, p in pairs]
+    patients: dict[str, list] = defaultdict(list)
+    for case, g, p in pairs:
+        patient, index = patient_of_slice(case)
+        patients[patient].append((index, (case, g, p)))
+    return [(patient, [item for _, item in sorted(slices)], labels, tolerance_mm, file_ending, dataset_json, True)
+            for patient, slices in sorted(patients.items())]
+
+
+def _finite(values: Iterable[float]) -> list[float]:
+    return [v for v in values if v is not None and math.isfinite(v)]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per metric: mean and (population) std over the finite values, ``n`` used and ``n_excluded`` (inf)."""
+    summary = {}
+    for name in METRIC_NAMES:
+        values = [r[name] for r in rows]
+        finite = _finite(values)
+        summary[name] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "std": float(np.std(finite)) if finite else None,
+            "n": len(finite),
+            "n_excluded": len(values) - len(finite),
+        }
+    return summary
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def output_paths(output_file: Path) -> dict[str, Path]:
+    """The JSON file and the two CSV files written beside it."""
+    output_file = Path(output_file)
+    stem = output_file.name[: -len(".json")] if output_file.name.endswith(".json") else output_file.name
+    return {"json": output_file, "per_case_csv": output_file.with_name(f"{stem}_per_case.csv"),
+            "summary_csv": output_file.with_name(f"{stem}_summary.csv")}
+
+
+def write_results(results: dict, output_file: Path) -> dict[str, Path]:
+    paths = output_paths(output_file)
+    _atomic_write(paths["per_case_csv"], csv_text(_json_safe(results["cases"]), ["case", "label", *METRIC_NAMES]))
+    summary_rows = [{"label": label, "metric": name, **stats}
+                    for label, per_metric in [("all", results["summary"]), *results["summary_per_label"].items()]
+                    for name, stats in per_metric.items()]
+    _atomic_write(paths["summary_csv"], csv_text(summary_rows, ["label", "metric", "mean", "std", "n", "n_excluded"]))
+    _atomic_write(paths["json"], json.dumps(_json_safe(results), indent=2))  # last: its presence means complete
+    return paths
+
+
+def default_labels(dataset_json: dict | None) -> list[int]:
+    """Foreground labels of ``dataset.json`` (background and ignore left out), else [1]."""
+    if not dataset_json or "labels" not in dataset_json:
+        return [1]
+    labels = []
+    for name, value in dataset_json["labels"].items():
+        if name in ("background", "ignore"):
+            continue
+        if not isinstance(value, int):
+            raise EvaluationError(f"dataset.json defines region {name}={value}; pass --labels explicitly")
+        labels.append(value)
+    return sorted(labels) or [1]
+
+
+def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int] | None = None, tolerance_mm: float = 3.0,
+                     num_processes: int = 1, output_file=None, per_patient_2d: bool = False,
+                     progress: bool = False) -> dict:
+    """Score every prediction in ``pred_dir`` against ``gt_dir``; returns (and optionally writes) the results.
+
+    Returns ``{"cases": [{"case", "label", <metrics>}...], "summary": {metric: {"mean", "std", "n",
+    "n_excluded"}} (over all cases and labels), "summary_per_label": {label: {...}}, "settings": {...}}``.
+    With ``output_file`` (``.json``) also writes ``<stem>_per_case.csv`` and ``<stem>_summary.csv`` beside it.
+    Raises :class:`EvaluationError` naming the case for unreadable files, missing ground truth or
+    geometry mismatch. Infinite values (HD95 against an empty mask) are ``inf`` here, ``null`` in JSON.
+    """
+    gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
+    pairs, file_ending, dataset_json = pair_cases(gt_dir, pred_dir)
+    labels = [int(l) for l in labels] if labels else default_labels(dataset_json)
+    jobs = _jobs(pairs, labels, float(tolerance_mm), file_ending, dataset_json, per_patient_2d)
+    rows: list[dict] = []
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress) as bar:
+        if num_processes <= 1 or len(jobs) == 1:
+            for job in jobs:
+                rows.extend(_evaluate_case(job))
+                bar.update()
+        else:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                for case_rows in pool.imap(_evaluate_case, jobs):
+                    rows.extend(case_rows)
+                    bar.update()
+    results = {
+        "settings": {"gt_dir": str(gt_dir), "pred_dir": str(pred_dir), "labels": labels,
+                     "tolerance_mm": float(tolerance_mm), "per_patient_2d": per_patient_2d,
+                     "file_ending": file_ending, "hd95": HD95_DEFINITION, "empty_policy": EMPTY_POLICY,
+                     "std": "population standard deviation over cases with finite values"},
+        "cases": rows,
+        "summary": summarize(rows),
+        "summary_per_label": {str(label): summarize([r for r in rows if r["label"] == label]) for label in labels},
+    }
+    if output_file is not None:
+        write_results(results, Path(output_file))
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth segmentations")
+    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations (same names)")
+    parser.add_argument("--labels", type=int, nargs="+", default=None,
+                        help="label values to score, each as a binary mask (default: dataset.json's labels, else 1)")
+    parser.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance tau in mm (default 3)")
+    parser.add_argument("--per-patient-2d", action="store_true",
+                        help="stack 2D slices '<patient>_<index>' per patient before scoring (nCoVSegNet)")
+    parser.add_argument("-np", "--num-processes", type=int, default=None,
+                        help="worker processes (default: nnUNet_def_n_proc or nnU-Net's default)")
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="results .json file, or a folder that receives metrics.json; CSVs are written beside it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_covid.cli import CLIError
+
+    if args.tolerance_mm <= 0:
+        raise CLIError(f"--tolerance-mm must be positive, got {args.tolerance_mm}")
+    output = args.output if args.output.suffix == ".json" else args.output / "metrics.json"
+    num_processes = args.num_processes
+    if num_processes is None:
+        from nnunetv2.configuration import default_num_processes
+        num_processes = default_num_processes
+    try:
+        results = evaluate_folders(args.gt, args.pred, args.labels, args.tolerance_mm, num_processes, output,
+                                   args.per_patient_2d, progress=True)
+    except EvaluationError as e:
+        raise CLIError(str(e)) from None
+    summary = results["summary"]
+    print(f"{len(results['cases'])} case-label pairs; " + ", ".join(
+        f"{name.upper()} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}"
+        for name in ("dsc", "nsd") if summary[name]["mean"] is not None))
+    paths = output_paths(output)
+    print(f"written {paths['json']}, {paths['per_case_csv'].name}, {paths['summary_csv'].name}")
+    return 0
