@@ -15,6 +15,7 @@ from pathlib import Path
 
 # Add a converter by appending its module here.
 CONVERTER_MODULES: list[str] = [
+    "dataset_conversion.lidc_idri",
     "dataset_conversion.covid_semiseg_2d",
 ]
 

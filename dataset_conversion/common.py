@@ -129,13 +129,18 @@ def case_done(dataset_dir: Path, case_id: str, subset: str = "Tr", file_ending: 
     return label_ok and all(p.is_file() for p in images)
 
 
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    """Write JSON to ``path`` atomically (see :func:`atomic_write_text`)."""
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False), path)
 
 
 def atomic_write_image(image, path: Path) -> None:

@@ -1,0 +1,177 @@
+"""LIDC-IDRI (DICOM CT series + reader XML) -> nnU-Net dataset of CTs in HU with consensus nodule masks.
+
+Every CT series under ``--input`` (TCIA layout ``LIDC-IDRI-XXXX/<study>/<series>/*.dcm`` with the
+series' ``NNN.xml`` next to the slices, or XMLs in ``--xml-dir``, matched by SeriesInstanceUid)
+becomes one case named after its patient id (``LIDC-IDRI-0001``; ``LIDC-IDRI-0001_2`` for a
+patient's second CT series). The label is the union of the nodules' consensus masks (see
+:mod:`dataset_conversion.lidc_xml`): label 1 = nodule. ``nodules.csv`` lists every kept nodule
+(case, nodule, readers, annotations, volume in mm^3, median malignancy).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+from dataset_conversion.common import (CaseData, CaseJob, ConversionError, atomic_write_text, dataset_folder,
+                                       finish_dataset, run_cases)
+
+CLI_NAME = "lidc-idri"
+CLI_HELP = "LIDC-IDRI DICOM series + reader XML -> CT (HU) with consensus nodule masks"
+DEFAULT_NAME = "LIDCIDRI"
+LABELS = {"background": 0, "nodule": 1}
+NODULE_CSV = "nodules.csv"
+CSV_COLUMNS = ("case", "nodule", "readers", "annotations", "volume_mm3", "median_malignancy")
+
+
+def _xml_series_uid(path: Path) -> str | None:
+    from dataset_conversion.lidc_xml import parse_lidc_xml
+
+    try:
+        return parse_lidc_xml(path).series_uid
+    except ConversionError:
+        return None  # not an LIDC read message (or broken): reported when a series needs it
+
+
+def find_lidc_series(input_dir: str | Path, xml_dir: str | Path | None = None) -> list[tuple[str, Path, list[Path]]]:
+    """(case id, series folder, matching XML files) for every CT series below ``input_dir``."""
+    from dataset_conversion.dicom_series import series_info
+
+    input_dir = Path(input_dir)
+    series = []
+    for folder in sorted({p.parent for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm"}):
+        info = series_info(folder)
+        if info is not None and info.modality in ("CT", ""):
+            series.append(info)
+    if not series:
+        raise ConversionError(f"{input_dir}: no CT DICOM series found (expected LIDC-IDRI-XXXX/<study>/<series>/*.dcm)")
+    xml_candidates = [p for s in series for p in sorted(s.folder.glob("*.xml"))]
+    if xml_dir is not None:
+        xml_candidates += sorted(Path(xml_dir).rglob("*.xml"))
+    xml_by_series: dict[str, list[Path]] = {}
+    for path in xml_candidates:
+        uid = _xml_series_uid(path)
+        if uid is not None and path not in xml_by_series.get(uid, []):
+            xml_by_series.setdefault(uid, []).append(path)
+    by_patient: dict[str, list] = {}
+    for info in series:
+        patient = info.patient_id or next((p for p in info.folder.parts if p.upper().startswith("LIDC-IDRI-")),
+                                          info.folder.name)
+        by_patient.setdefault(patient, []).append(info)
+    cases = []
+    for patient, infos in sorted(by_patient.items()):
+        for k, info in enumerate(sorted(infos, key=lambda i: i.series_uid)):
+            case_id = patient if k == 0 else f"{patient}_{k + 1}"
+            # an unparseable XML in the series folder is handed on so that the case fails with its parse error
+            xmls = xml_by_series.get(info.series_uid) or [p for p in info.folder.glob("*.xml")
+                                                          if _xml_series_uid(p) is None]
+            cases.append((case_id, info.folder, xmls))
+    return cases
+
+
+def load_lidc_case(series_folder: str, xml_paths: list[str], case_id: str, consensus_level: float = 0.5,
+                   min_readers: int = 1, keep_small_nodules: bool = False) -> CaseData:
+    """Read one series and its XML(s); build the consensus label and the per-nodule rows."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from dataset_conversion.dicom_series import read_dicom_series
+    from dataset_conversion.lidc_xml import SliceLocator, annotation_mask, consensus, group_annotations, parse_lidc_xml
+
+    if not xml_paths:
+        raise ConversionError(f"case {case_id}: no reader XML for the series in {series_folder}")
+    try:
+        image, sop_uids = read_dicom_series(series_folder)
+    except ConversionError as e:
+        raise ConversionError(f"case {case_id}: {e}") from None
+    readings = [parse_lidc_xml(p) for p in xml_paths]
+    annotations = [a for r in readings for a in r.annotations if keep_small_nodules or not a.is_small]
+    spacing_zyx = np.asarray(image.GetSpacing()[::-1], dtype=float)
+    shape = image.GetSize()[::-1]
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    z_positions = image.GetOrigin()[2] + np.arange(shape[0]) * spacing_zyx[0] * direction[2, 2]
+    locate = SliceLocator(sop_uids, z_positions, case_id)
+    label = np.zeros(shape, dtype=np.uint8)
+    rows, warnings = [], []
+    for group in group_annotations(annotations, locate, spacing_zyx):
+        members = [annotations[i] for i in group]
+        readers = len({a.reader for a in members})
+        if readers < min_readers:
+            continue
+        nodule = consensus([annotation_mask(a, locate, shape) for a in members], consensus_level)
+        region = tuple(slice(a, b) for a, b in zip(nodule.start, nodule.stop))
+        label[region] |= nodule.mask.astype(np.uint8)
+        malignancy = [a.malignancy for a in members if a.malignancy is not None]
+        rows.append({"case": case_id, "nodule": len(rows) + 1, "readers": readers, "annotations": len(members),
+                     "volume_mm3": round(float(nodule.mask.sum() * np.prod(spacing_zyx)), 2),
+                     "median_malignancy": float(np.median(malignancy)) if malignancy else None})
+    if not rows:
+        warnings.append(f"case {case_id}: no nodule annotation kept (readers: {sum(r.num_readers for r in readings)}, "
+                        f"XML: {', '.join(Path(p).name for p in xml_paths)}); writing an empty mask")
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(image)
+    return CaseData(images=[image], label=label_image, info={"nodules": rows, "warnings": warnings})
+
+
+def nodule_table(results: dict[str, dict]) -> str:
+    """CSV text of the per-nodule rows of all converted cases."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for case_id in sorted(results):
+        for row in results[case_id].get("nodules", []):
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in CSV_COLUMNS})
+    return out.getvalue()
+
+
+def convert_lidc_idri(input_dir: str | Path, dataset_id: int, name: str = DEFAULT_NAME,
+                      output_root: str | Path | None = None, num_processes: int = 1, crop_lung: bool = False,
+                      crop_margin_mm: float | None = None, consensus_level: float = 0.5, min_readers: int = 1,
+                      keep_small_nodules: bool = False, xml_dir: str | Path | None = None,
+                      progress: bool = True) -> Path:
+    """Convert every LIDC CT series below ``input_dir`` and return the dataset folder."""
+    if not 0.0 < consensus_level <= 1.0:
+        raise ConversionError(f"consensus level must be in (0, 1], got {consensus_level}")
+    if not 1 <= min_readers <= 4:
+        raise ConversionError(f"min readers must be 1..4 (LIDC has four readers), got {min_readers}")
+    cases = find_lidc_series(input_dir, xml_dir)
+    folder = dataset_folder(dataset_id, name, output_root)
+    options = dict(consensus_level=consensus_level, min_readers=min_readers, keep_small_nodules=keep_small_nodules)
+    jobs = [CaseJob(case_id, load_lidc_case, (str(series), [str(x) for x in xmls], case_id), options)
+            for case_id, series, xmls in cases]
+    summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", crop_lung=crop_lung,
+                        crop_margin_mm=crop_margin_mm, progress=progress)
+    for case_id in summary.converted:
+        for warning in summary.results[case_id].get("warnings", []):
+            print(f"warning: {warning}")
+    atomic_write_text(nodule_table(summary.results), folder / NODULE_CSV)
+    return finish_dataset(folder, {0: "CT"}, LABELS, summary, reference="Armato et al., Med Phys 2011; TCIA LIDC-IDRI",
+                          license="CC BY 3.0 (TCIA LIDC-IDRI)",
+                          description=f"LIDC-IDRI nodules, {consensus_level:g} consensus, >= {min_readers} reader(s)")
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--consensus-level", type=_fraction, default=0.5,
+                        help="keep a voxel when at least this fraction of a nodule's annotations include it (0.5)")
+    parser.add_argument("--min-readers", type=int, choices=range(1, 5), default=1,
+                        help="drop nodules marked by fewer readers (default 1)")
+    parser.add_argument("--keep-small-nodules", action="store_true",
+                        help="also mark nodules < 3 mm (single points; skipped by default)")
+    parser.add_argument("--xml-dir", type=Path, default=None,
+                        help="folder with the LIDC XML files when they are not next to the DICOM slices")
+
+
+def convert_from_args(args: argparse.Namespace) -> Path:
+    from dataset_conversion.cli import common_kwargs
+
+    return convert_lidc_idri(**common_kwargs(args), consensus_level=args.consensus_level,
+                             min_readers=args.min_readers, keep_small_nodules=args.keep_small_nodules,
+                             xml_dir=args.xml_dir)
