@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
     "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
     "evaluate": ("nnunet_covid.evaluation.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
+    "study": ("nnunet_covid.evaluation.study", "run or print every training/prediction/evaluation of a study grid"),
 }
 
 
