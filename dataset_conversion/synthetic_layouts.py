@@ -15,12 +15,22 @@ import numpy as np
 
 from nnunet_covid.synthetic import SyntheticCase, make_case, window_to_uint8
 
-SMALL_SHAPE = (16, 48, 48)
+SMALL_SHAPE = (24, 48, 48)
 
 # COVID-19-CT-Seg (Ma et al. 2021): the 10 Coronacases and the 10 Radiopaedia cases as (k, id, s)
 CORONACASES = tuple(f"coronacases_{i:03d}" for i in range(1, 11))
 RADIOPAEDIA = ((4, 85506, 1), (7, 85703, 0), (10, 85902, 1), (10, 85902, 3), (14, 85914, 0),
                (27, 86410, 0), (29, 86490, 1), (29, 86491, 1), (36, 86526, 0), (40, 86625, 0))
+
+
+def lesion_case(lesion: str, seed: int, shape: Sequence[int], **kwargs) -> SyntheticCase:
+    """``make_case`` with a non-empty label: at small shapes a lesion can vanish (e.g. a tumour removed
+    by the lobulation); then the next derived seed (``seed + 1000``, ...) is used, deterministically."""
+    for attempt in range(20):
+        case = make_case(lesion, seed + 1000 * attempt, shape=shape, **kwargs)
+        if case.label.any():
+            return case
+    raise ValueError(f"no {lesion} lesion fits in shape {tuple(shape)}; use a larger shape")
 
 
 def _write_nifti(array: np.ndarray, path: Path, spacing_zyx: Sequence[float], origin_xyz=(0.0, 0.0, 0.0),
@@ -128,7 +138,7 @@ def write_msd_lung_layout(root: str | Path, n_cases: int = 3, seed: int = 0,
     numbers = [1 + 2 * i for i in range(n_cases + 1)]
     training, test = [], []
     for i, number in enumerate(numbers):
-        case = make_case("tumour", seed + i, shape=shape)
+        case = lesion_case("tumour", seed + i, shape=shape)
         name = f"lung_{number:03d}.nii.gz"
         if i < n_cases:
             _write_nifti(case.image, task / "imagesTr" / name, case.spacing)
@@ -152,7 +162,7 @@ def write_structseg_layout(root: str | Path, n_cases: int = 3, seed: int = 0,
     """StructSeg 2019 Task 4 ``Lung_GTV/<n>/data.nii.gz`` + ``label.nii.gz`` (label 1 = GTV), n = 1, 2, ..."""
     task = Path(root) / "Lung_GTV"
     for n in range(1, n_cases + 1):
-        case = make_case("tumour", seed + 100 + n, shape=shape)
+        case = lesion_case("tumour", seed + 100 + n, shape=shape)
         _write_nifti(case.image, task / str(n) / "data.nii.gz", case.spacing)
         _write_nifti(case.label, task / str(n) / "label.nii.gz", case.spacing)
     return task
@@ -186,7 +196,7 @@ def write_nsclc_effusion_layout(root: str | Path, n_cases: int = 3, seed: int = 
     origin = (-170.0, -170.0, -120.0)
     for i in range(1, n_cases + 1):
         patient = f"LUNG1-{i:03d}"
-        case = make_case("effusion", seed + 200 + i, shape=shape)
+        case = lesion_case("effusion", seed + 200 + i, shape=shape)
         study = root / "NSCLC-Radiomics" / patient / f"01-01-2000-StudyID-NA-{10000 + i}"
         write_dicom_series(study / f"0.000000-NA-{20000 + i}", case.image, case.spacing, origin,
                            patient_id=patient, uid_seed=f"{patient}-{seed}")
@@ -213,7 +223,7 @@ def write_mosmed_layout(root: str | Path, n_cases: int = 5, seed: int = 0,
     spacing = (8.0, 340.0 / shape[1], 340.0 / shape[2])
     for i in range(n_cases + 1):
         number = 255 + i
-        case = make_case("covid", seed + 300 + i, shape=shape, spacing=spacing)
+        case = lesion_case("covid", seed + 300 + i, shape=shape, spacing=spacing)
         _write_nifti(case.image, top / "studies" / "CT-1" / f"study_{number:04d}.nii.gz", case.spacing)
         if i < n_cases:
             _write_nifti(case.label, top / "masks" / f"study_{number:04d}_mask.nii.gz", case.spacing)
@@ -240,7 +250,7 @@ def write_covid19_ct_seg_layout(root: str | Path, seed: int = 0, shape: Sequence
     """
     root = Path(root)
     for i, (image_name, case_id) in enumerate(covid19_ct_seg_names()):
-        case = make_case("covid", seed + 400 + i, shape=shape)
+        case = lesion_case("covid", seed + 400 + i, shape=shape)
         image = case.image if case_id.startswith("coronacases") else window_to_uint8(case.image)
         _write_nifti(image, root / "COVID-19-CT-Seg_20cases" / image_name, case.spacing)
         infection = (case.label > 0).astype(np.uint8)

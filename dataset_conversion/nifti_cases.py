@@ -1,0 +1,63 @@
+"""Reading NIfTI cases for the converters: clear errors for unreadable files and unexpected label values.
+
+The loaders here are top-level functions so that :func:`dataset_conversion.common.run_cases` can
+send them to worker processes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from dataset_conversion.common import CASES_DIR, CaseData, ConversionError
+
+
+def read_image(path: str | Path, case_id: str, what: str = "image"):
+    """Read one image with SimpleITK; a missing or unreadable file is a ConversionError naming the case."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"case {case_id}: {what} file {path} is missing")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
+        raise ConversionError(f"case {case_id}: cannot read {what} {path}: {reason}") from None
+
+
+def check_label_values(label, case_id: str, allowed: Iterable[int], path: str | Path = "") -> None:
+    """Raise ConversionError when the label image holds values outside ``allowed`` (e.g. 255 masks)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    unexpected = sorted(set(values.tolist()) - set(allowed))
+    if unexpected:
+        where = f" ({path})" if path else ""
+        raise ConversionError(f"case {case_id}: label{where} has unexpected values {unexpected[:10]}; "
+                              f"expected a subset of {sorted(set(allowed))}")
+
+
+def load_labelled_nifti(case_id: str, image_file: str, label_file: str, allowed_labels: tuple[int, ...],
+                        info: dict | None = None) -> CaseData:
+    """Loader of a one-channel image and its label map, both NIfTI, label values checked; ``info`` is recorded."""
+    image = read_image(image_file, case_id, "image")
+    label = read_image(label_file, case_id, "label")
+    check_label_values(label, case_id, allowed_labels, label_file)
+    return CaseData(images=[image], label=label, info=dict(info or {}))
+
+
+def check_setting_unchanged(dataset_dir: Path, key: str, value) -> None:
+    """Refuse to resume into a dataset folder whose cases were written with a different ``key`` setting.
+
+    Finished cases are skipped on reruns, so mixing e.g. two ``--target`` choices in one folder would
+    silently give a dataset with inconsistent labels. The setting is read from the ``info`` of the
+    case records (``.cases/*.json``), so loaders must put ``key`` into their :class:`CaseData` info.
+    """
+    for record_file in sorted((Path(dataset_dir) / CASES_DIR).glob("*.json")):
+        previous = json.loads(record_file.read_text()).get("info", {}).get(key)
+        if previous is not None and previous != value:
+            raise ConversionError(f"{Path(dataset_dir).name} was written with {key}={previous!r}, not {value!r}: "
+                                  f"use another dataset id/name or delete that folder")
+        return
