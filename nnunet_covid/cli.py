@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
     "evaluate": ("nnunet_covid.evaluation.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
     "study": ("nnunet_covid.evaluation.study", "run or print every training/prediction/evaluation of a study grid"),
+    "report": ("nnunet_covid.evaluation.report", "the papers' tables, paired tests and box plots from study results"),
 }
 
 

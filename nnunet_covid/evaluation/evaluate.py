@@ -108,7 +108,9 @@ def _json_safe(value):
     return value
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
@@ -134,12 +136,12 @@ def output_paths(output_file: Path) -> dict[str, Path]:
 
 def write_results(results: dict, output_file: Path) -> dict[str, Path]:
     paths = output_paths(output_file)
-    _atomic_write(paths["per_case_csv"], csv_text(_json_safe(results["cases"]), ["case", "label", *METRIC_NAMES]))
+    atomic_write_text(paths["per_case_csv"], csv_text(_json_safe(results["cases"]), ["case", "label", *METRIC_NAMES]))
     summary_rows = [{"label": label, "metric": name, **stats}
                     for label, per_metric in [("all", results["summary"]), *results["summary_per_label"].items()]
                     for name, stats in per_metric.items()]
-    _atomic_write(paths["summary_csv"], csv_text(summary_rows, ["label", "metric", "mean", "std", "n", "n_excluded"]))
-    _atomic_write(paths["json"], json.dumps(_json_safe(results), indent=2))  # last: its presence means complete
+    atomic_write_text(paths["summary_csv"], csv_text(summary_rows, ["label", "metric", "mean", "std", "n", "n_excluded"]))
+    atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2))  # last: its presence means complete
     return paths
 
 

@@ -245,11 +245,10 @@ def write_manifest(study: dict, study_dir: Path, runs: list[Run]) -> Path:
         "runs": [{"label": r.label, "strategy": r.strategy, "source": r.source, "trainer": r.trainer,
                   "folds": {str(k): v for k, v in r.folds.items()}} for r in runs],
     }
+    from nnunet_covid.evaluation.evaluate import atomic_write_text
+
     path = Path(study_dir) / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest, indent=2))
     return path
 
 
