@@ -17,6 +17,12 @@ from pathlib import Path
 CONVERTER_MODULES: list[str] = [
     "dataset_conversion.lidc_idri",
     "dataset_conversion.covid_semiseg_2d",
+    "dataset_conversion.msd_lung",
+    "dataset_conversion.structseg",
+    "dataset_conversion.nsclc_effusion",
+    "dataset_conversion.mosmed",
+    "dataset_conversion.covid19_ct_seg",
+    "dataset_conversion.multilesion",
 ]
 
 

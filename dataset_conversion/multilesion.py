@@ -1,0 +1,181 @@
+"""Merge converted lesion datasets into one multi-lesion pre-training dataset (Wang et al., REFERENCE 1.2).
+
+    nnunet-covid convert multilesion --input $nnUNet_raw --dataset-id 100 \
+        --sources Dataset102_MSDLung Dataset103_StructSegGTV Dataset104_NSCLCEffusion [--labels union|per-source]
+
+``--input`` is the raw root holding the sources; a source is given by folder name, by dataset id
+(``102``) or by path. Every training case of every source (imagesTr/labelsTr per its dataset.json;
+test cases are not merged) is written to the new dataset with the id ``<short>_<case id>``, where
+``<short>`` is the source folder name without ``DatasetNNN_`` (e.g. ``MSDLung_lung_001``). Sources
+must share channel names and file ending. ``--crop-lung`` is refused: crop the sources instead.
+
+Labels:
+- ``union`` (default): every foreground label of every source becomes 1 ``lesion``;
+- ``per-source``: each foreground label of each source gets its own value, in ``--sources`` order
+  (e.g. 1 ``MSDLung``, 2 ``StructSegGTV``, 3 ``NSCLCEffusion``; a source with several foreground
+  labels gets one value per label, named ``<short>_<label name>``).
+
+Per-case metadata for partial-label training, ``case_sources.json`` in the dataset folder::
+
+    {"<case id>": {"source": "<short>", "dataset": "<source folder name>", "annotated_labels": [<int>, ...]}, ...}
+
+``annotated_labels`` are the output label values the case's source annotates (never 0). A voxel
+of that case labelled 0 is "none of annotated_labels": it may contain a lesion type its source does
+not annotate (e.g. an effusion in an MSD case), so a partial-label loss must not treat the other
+lesion labels as negatives there. The file lists exactly the cases present in imagesTr.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dataset_conversion.cli import common_kwargs
+from dataset_conversion.common import (CASES_DIR, CaseData, CaseJob, ConversionError, atomic_write_json, case_done,
+                                       dataset_folder, finish_dataset, raw_root, run_cases)
+from dataset_conversion.nifti_cases import check_setting_unchanged, read_image
+
+CLI_NAME = "multilesion"
+CLI_HELP = "merge converted lesion datasets into one multi-lesion pre-training dataset"
+DEFAULT_NAME = "MultiLesion"
+LABEL_MODES = ("union", "per-source")
+CASE_SOURCES_FILE = "case_sources.json"
+
+
+@dataclass
+class Source:
+    """One converted dataset to merge: its folder, short name, dataset.json and output label mapping."""
+
+    folder: Path
+    short: str
+    dataset_json: dict
+    label_map: dict[int, int]  # source label value -> output label value (0 -> 0)
+
+
+def resolve_source(spec: str, root: Path) -> Path:
+    """A source folder from a folder name under ``root``, a dataset id, or a path."""
+    if spec.isdigit():
+        matches = sorted(root.glob(f"Dataset{int(spec):03d}_*"))
+        if len(matches) != 1:
+            raise ConversionError(f"source {spec}: found {len(matches)} folders Dataset{int(spec):03d}_* in {root}")
+        return matches[0]
+    path = Path(spec)
+    folder = path if path.is_dir() else root / spec
+    if not (folder / "dataset.json").is_file():
+        raise ConversionError(f"source {spec}: no converted dataset (dataset.json) at {folder}")
+    return folder
+
+
+def short_name(folder: Path) -> str:
+    return re.sub(r"^Dataset\d{3}_", "", folder.name)
+
+
+def load_sources(specs, root: Path, labels: str) -> tuple[list[Source], dict[str, int]]:
+    """The sources with their label mappings, and the merged dataset's labels."""
+    folders = [resolve_source(str(s), root) for s in specs]
+    if not folders:
+        raise ConversionError("no --sources given")
+    sources, out_labels = [], {"background": 0}
+    for folder in folders:
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+        foreground = sorted((int(v), k) for k, v in dataset_json["labels"].items() if int(v) != 0)
+        if not foreground:
+            raise ConversionError(f"source {folder.name}: dataset.json has no foreground label")
+        short = short_name(folder)
+        label_map = {0: 0}
+        for value, label_name in foreground:
+            if labels == "union":
+                out_labels["lesion"] = label_map[value] = 1
+            else:
+                out_name = short if len(foreground) == 1 else f"{short}_{label_name}"
+                out_labels[out_name] = label_map[value] = len(out_labels)
+        sources.append(Source(folder, short, dataset_json, label_map))
+    shorts = [s.short for s in sources]
+    if len(set(shorts)) != len(shorts):
+        raise ConversionError(f"sources with the same short name: {shorts}")
+    reference = sources[0].dataset_json
+    for s in sources[1:]:
+        for key in ("channel_names", "file_ending"):
+            if s.dataset_json.get(key) != reference.get(key):
+                raise ConversionError(f"source {s.folder.name}: {key} {s.dataset_json.get(key)} differs from "
+                                      f"{sources[0].folder.name}'s {reference.get(key)}")
+    return sources, out_labels
+
+
+def load_case(image_files: tuple[str, ...], label_file: str, label_map: dict[int, int], case_id: str,
+              info: dict) -> CaseData:
+    """Loader: a source case with its label values remapped by ``label_map`` (unknown values rejected)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    images = [read_image(f, case_id, "image") for f in image_files]
+    label = read_image(label_file, case_id, "label")
+    values = sitk.GetArrayFromImage(label)
+    unknown = sorted(set(np.unique(values).tolist()) - set(label_map))
+    if unknown:
+        raise ConversionError(f"case {case_id}: label {label_file} has values {unknown} not in its dataset.json")
+    lookup = np.zeros(max(label_map) + 1, dtype=np.uint8)
+    for source_value, out_value in label_map.items():
+        lookup[source_value] = out_value
+    remapped = sitk.GetImageFromArray(lookup[values.astype(np.int64)])
+    remapped.CopyInformation(label)
+    return CaseData(images=images, label=remapped, info=info)
+
+
+def write_case_sources(folder: Path, file_ending: str) -> None:
+    """``case_sources.json`` (format in the module docstring) for the training cases on disk."""
+    case_sources = {}
+    for record_file in sorted((folder / CASES_DIR).glob("*.json")):
+        record = json.loads(record_file.read_text())
+        if case_done(folder, record["case_id"], "Tr", file_ending):
+            case_sources[record["case_id"]] = {k: record["info"][k] for k in ("source", "dataset", "annotated_labels")}
+    atomic_write_json(case_sources, folder / CASE_SOURCES_FILE)
+
+
+def convert_multilesion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
+                        num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None,
+                        sources=(), labels: str = "union") -> Path:
+    """Merge ``sources`` (converted raw datasets under ``input_dir``) into DatasetNNN_<name>; returns its folder."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    if crop_lung:
+        raise ConversionError("multilesion merges converted datasets: convert the sources with --crop-lung instead")
+    if labels not in LABEL_MODES:
+        raise ConversionError(f"unknown --labels {labels!r}; choose union or per-source")
+    root = Path(input_dir) if input_dir is not None else raw_root(output_root)
+    merged_sources, out_labels = load_sources(sources, root, labels)
+    folder = dataset_folder(dataset_id, name, output_root)
+    if any(folder.resolve() == s.folder.resolve() for s in merged_sources):
+        raise ConversionError(f"{folder.name} is one of the sources; choose another dataset id")
+    check_setting_unchanged(folder, "labels_mode", labels)
+    jobs = []
+    for source in merged_sources:
+        annotated = sorted({v for v in source.label_map.values() if v != 0})
+        cases = get_filenames_of_train_images_and_targets(str(source.folder), source.dataset_json)
+        for case_id, files in sorted(cases.items()):
+            new_id = f"{source.short}_{case_id}"
+            info = {"source": source.short, "dataset": source.folder.name, "annotated_labels": annotated,
+                    "labels_mode": labels}
+            jobs.append(CaseJob(new_id, load_case, (tuple(files["images"]), files["label"], source.label_map,
+                                                    new_id, info)))
+    file_ending = merged_sources[0].dataset_json["file_ending"]
+    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, file_ending=file_ending)
+    write_case_sources(folder, file_ending)
+    extra = {k: v for k, v in merged_sources[0].dataset_json.items() if k == "overwrite_image_reader_writer"}
+    return finish_dataset(folder, merged_sources[0].dataset_json["channel_names"], out_labels, summary,
+                          file_ending=file_ending, labels_mode=labels,
+                          sources={s.short: s.folder.name for s in merged_sources},
+                          description=f"multi-lesion merge ({labels} labels) of "
+                                      + ", ".join(s.folder.name for s in merged_sources), **extra)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--sources", nargs="+", required=True, metavar="DATASET",
+                        help="converted datasets to merge: DatasetNNN_Name folder names under --input, ids, or paths")
+    parser.add_argument("--labels", choices=LABEL_MODES, default="union",
+                        help="union: every lesion = 1 (default); per-source: one label value per source")
+
+
+def convert_from_args(args) -> Path:
+    return convert_multilesion(**common_kwargs(args), sources=args.sources, labels=args.labels)
