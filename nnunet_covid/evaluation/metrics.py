@@ -29,6 +29,11 @@ from nnunet_covid.evaluation.surface import directed_distances, extract_surface
 METRIC_NAMES = ("dsc", "nsd", "sen", "spe", "ppv", "voe", "rvd", "f1", "acc", "hd95")
 
 
+def _as_bool(mask) -> np.ndarray:
+    mask = np.asarray(mask)
+    return mask if mask.dtype == bool else mask != 0
+
+
 def _ratio(numerator: float, denominator: float, identical: bool) -> float:
     if denominator == 0:
         return 1.0 if identical else 0.0
@@ -76,8 +81,7 @@ def compute_metrics(gt: np.ndarray, pred: np.ndarray, spacing, tolerance_mm: flo
 
     ``spacing`` is in mm, in the arrays' axis order; 2D and 3D masks are supported.
     """
-    gt = np.asarray(gt) != 0
-    pred = np.asarray(pred) != 0
+    gt, pred = _as_bool(gt), _as_bool(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
     if gt.ndim not in (2, 3) or len(spacing) != gt.ndim:

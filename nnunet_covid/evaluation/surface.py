@@ -152,7 +152,8 @@ def directed_distances(source: Surface, target: Surface, spacing: tuple[float, .
     scale = sampling.copy()
     if slicewise:
         scale[0] = _SLICE_SEPARATION_MM
-    tree = cKDTree(target.corners * scale)
+    # unbalanced, non-compacted trees build and query surfel clouds about twice as fast (same neighbours)
+    tree = cKDTree(target.corners * scale, balanced_tree=False, compact_nodes=False)
     _, nearest = tree.query(source.corners * scale, k=1, workers=1)
     delta = (target.corners[nearest] - source.corners).astype(np.float64)
     if slicewise:
