@@ -91,7 +91,7 @@ def surfel_area_table(spacing: tuple[float, ...]) -> np.ndarray:
 
 
 def extract_surface(mask: np.ndarray, spacing: tuple[float, ...], slicewise: bool = False) -> Surface:
-    """Surfels of a boolean mask, identical to ``surface_distance.compute_surface_distances``'.
+    """Surfels of a boolean mask: the corners and areas ``surface_distance.compute_surface_distances`` uses.
 
     Corner ``c`` lies between voxels ``c - 1`` and ``c`` on every axis (so corner coordinates
     run from 0 to the axis length). With ``slicewise`` (3D mask only) axis 0 indexes independent
@@ -111,7 +111,7 @@ def extract_surface(mask: np.ndarray, spacing: tuple[float, ...], slicewise: boo
 
     offsets = _offsets(len(surface_axes))
     n_codes = 2 ** len(offsets)
-    codes = np.zeros(int(np.prod(grid_shape)), dtype=np.uint8 if n_codes <= 256 else np.uint16)
+    codes = np.zeros(int(np.prod(grid_shape)), dtype=np.uint8)  # lazily allocated; 16 or 256 codes
     # voxel v is neighbour (offset o) of corner v + 1 - o, where it carries weight 2**(n-1-k)
     corner_of = []
     for k, offset in enumerate(offsets):
