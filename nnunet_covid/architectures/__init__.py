@@ -1,1 +1,4 @@
 """Network architectures built from nnU-Net plans keyword arguments."""
+
+from .selective_fusion import SelectiveFusion  # noqa: E402,F401
+from .hybrid_encoder_unet import HybridEncoderUNet  # noqa: E402,F401
