@@ -19,8 +19,8 @@ import random
 from pathlib import Path
 
 from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import CaseJob, ConversionError, dataset_folder, finish_dataset, run_cases
-from dataset_conversion.nifti_cases import check_setting_unchanged, load_labelled_nifti
+from dataset_conversion.common import ConversionError, dataset_folder
+from dataset_conversion.nifti_cases import check_setting_unchanged, convert_labelled_nifti_cases
 
 CLI_NAME = "mosmed"
 CLI_HELP = "MosMedData COVID19_1110 CT-1 studies with infection masks (3D CT)"
@@ -56,14 +56,11 @@ def convert_mosmed(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_
     test_ids = held_out_case_ids([c[0] for c in cases], split_seed)
     folder = dataset_folder(dataset_id, name, output_root)
     check_setting_unchanged(folder, "split_seed", split_seed)
-    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(mask), tuple(LABELS.values())),
-                    {"info": {"split_seed": split_seed}}, subset="Ts" if case_id in test_ids else "Tr")
-            for case_id, image, mask in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
-    return finish_dataset(folder, {0: "CT"}, LABELS, summary, test_cases=sorted(test_ids), split_seed=split_seed,
-                          description="MosMedData COVID19_1110 CT-1 infection masks; test split: "
-                                      "random.Random(split_seed).sample(sorted ids, 20%)")
-
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
+                                        test_ids=test_ids, info={"split_seed": split_seed},
+                                        test_cases=sorted(test_ids), split_seed=split_seed,
+                                        description="MosMedData COVID19_1110 CT-1 infection masks; test split: "
+                                                    "random.Random(split_seed).sample(sorted ids, 20%)")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--split-seed", type=int, default=0,

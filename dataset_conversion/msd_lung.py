@@ -14,9 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import (NIFTI, CaseJob, ConversionError, dataset_folder, finish_dataset,
-                                       run_cases)
-from dataset_conversion.nifti_cases import load_labelled_nifti
+from dataset_conversion.common import NIFTI, ConversionError, dataset_folder
+from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
 CLI_NAME = "msd-lung"
 CLI_HELP = "MSD Task06_Lung (lung tumour, 3D CT)"
@@ -46,11 +45,8 @@ def convert_msd_lung(input_dir, dataset_id: int, name: str = DEFAULT_NAME, outpu
     task = find_task_folder(Path(input_dir))
     cases = find_cases(task)
     folder = dataset_folder(dataset_id, name, output_root)
-    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(label), tuple(LABELS.values())))
-            for case_id, image, label in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
-    return finish_dataset(folder, {0: "CT"}, LABELS, summary, description="MSD Task06_Lung lung tumour")
-
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
+                                        description="MSD Task06_Lung lung tumour")
 
 def add_arguments(parser) -> None:
     """No dataset-specific flags."""

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from dataset_conversion.common import CASES_DIR, CaseData, ConversionError
+from dataset_conversion.common import CASES_DIR, CaseData, CaseJob, ConversionError, finish_dataset, run_cases
 
 
 def read_image(path: str | Path, case_id: str, what: str = "image"):
@@ -46,6 +46,21 @@ def load_labelled_nifti(case_id: str, image_file: str, label_file: str, allowed_
     label = read_image(label_file, case_id, "label")
     check_label_values(label, case_id, allowed_labels, label_file)
     return CaseData(images=[image], label=label, info=dict(info or {}))
+
+
+def convert_labelled_nifti_cases(folder: Path, cases, labels: dict[str, int], desc: str, num_processes: int = 1,
+                                 crop_lung: bool = False, crop_margin_mm: float | None = None,
+                                 test_ids=frozenset(), info: dict | None = None, **dataset_json_fields) -> Path:
+    """Convert (case id, image file, label file) triples of one-channel CT into ``folder`` and finish it.
+
+    Cases in ``test_ids`` go to imagesTs/labelsTs; ``info`` is recorded with every case; the extra
+    keyword arguments go into dataset.json. Returns the folder (ConversionError on failed cases).
+    """
+    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(label), tuple(labels.values()), info),
+                    subset="Ts" if case_id in test_ids else "Tr")
+            for case_id, image, label in cases]
+    summary = run_cases(folder, jobs, num_processes, desc=desc, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
+    return finish_dataset(folder, {0: "CT"}, labels, summary, **dataset_json_fields)
 
 
 def check_setting_unchanged(dataset_dir: Path, key: str, value) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import CaseJob, ConversionError, dataset_folder, finish_dataset, run_cases
-from dataset_conversion.nifti_cases import load_labelled_nifti
+from dataset_conversion.common import ConversionError, dataset_folder
+from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
 CLI_NAME = "structseg-lung-gtv"
 CLI_HELP = "StructSeg 2019 Task 4 lung GTV (3D CT)"
@@ -35,11 +35,8 @@ def convert_structseg(input_dir, dataset_id: int, name: str = DEFAULT_NAME, outp
     """Convert StructSeg Lung_GTV; returns the dataset folder (ConversionError listing failed cases at the end)."""
     cases = find_cases(Path(input_dir))
     folder = dataset_folder(dataset_id, name, output_root)
-    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(label), tuple(LABELS.values())))
-            for case_id, image, label in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
-    return finish_dataset(folder, {0: "CT"}, LABELS, summary, description="StructSeg 2019 lung gross tumour volume")
-
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
+                                        description="StructSeg 2019 lung gross tumour volume")
 
 def add_arguments(parser) -> None:
     """No dataset-specific flags."""

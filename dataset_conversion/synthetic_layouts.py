@@ -56,8 +56,7 @@ def write_dicom_series(folder: str | Path, image_hu: np.ndarray, spacing_zyx: Se
     (highest z) slice and the file names follow InstanceNumber, so a reader must sort slices by
     ImagePositionPatient, not by file name. UIDs are derived from ``uid_seed`` (deterministic).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import CTImageStorage, generate_uid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,20 +68,10 @@ def write_dicom_series(folder: str | Path, image_hu: np.ndarray, spacing_zyx: Se
     files = []
     for k in range(nz):
         instance = nz - k
-        sop_uid = generate_uid(entropy_srcs=[uid_seed, "slice", str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
+        ds = _dicom_dataset(CTImageStorage, generate_uid(entropy_srcs=[uid_seed, "slice", str(k)]), series_uid,
+                            "CT", patient_id)
         ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "CT"
-        ds.PatientID = patient_id
         ds.PatientName = patient_id
         ds.SeriesNumber = 1
         ds.InstanceNumber = instance
@@ -106,23 +95,31 @@ def write_dicom_series(folder: str | Path, image_hu: np.ndarray, spacing_zyx: Se
     return files
 
 
-def _write_non_image_dicom(path: Path, modality: str, patient_id: str, uid_seed: str) -> None:
-    """A pixel-less DICOM object (e.g. the RTSTRUCT series next to an NSCLC-Radiomics CT)."""
+def _dicom_dataset(sop_class_uid: str, sop_uid: str, series_uid: str, modality: str, patient_id: str):
+    """A pydicom dataset with file meta (explicit VR little endian) and the identifying tags set."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian
 
-    sop_uid = generate_uid(entropy_srcs=[uid_seed, modality])
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    meta.MediaStorageSOPClassUID = sop_class_uid
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = RTStructureSetStorage
+    ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, modality, "series"])
+    ds.SeriesInstanceUID = series_uid
     ds.Modality = modality
     ds.PatientID = patient_id
+    return ds
+
+
+def _write_non_image_dicom(path: Path, modality: str, patient_id: str, uid_seed: str) -> None:
+    """A pixel-less DICOM object (e.g. the RTSTRUCT series next to an NSCLC-Radiomics CT)."""
+    from pydicom.uid import RTStructureSetStorage, generate_uid
+
+    ds = _dicom_dataset(RTStructureSetStorage, generate_uid(entropy_srcs=[uid_seed, modality]),
+                        generate_uid(entropy_srcs=[uid_seed, modality, "series"]), modality, patient_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
 

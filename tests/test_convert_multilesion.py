@@ -16,6 +16,7 @@ from dataset_conversion.multilesion import convert_multilesion, load_sources
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
 from dataset_conversion.structseg import convert_structseg
 from nnunet_covid.cli import main
+from nnunet_integrity import verify_with_nnunet
 
 SOURCES = ("Dataset102_MSDLung", "Dataset103_StructSegGTV", "Dataset104_NSCLCEffusion")
 
@@ -55,16 +56,7 @@ def source_cases(raw: Path) -> dict[str, tuple[str, str]]:
     return cases
 
 
-def verify_with_nnunet(folder: Path, capfd) -> None:
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    capfd.readouterr()
-    verify_dataset_integrity(str(folder), num_processes=1)
-    out = capfd.readouterr().out
-    assert "Warning" not in out and "Error" not in out, out
-
-
-def test_union_merge_via_cli(raw, capfd):
+def test_union_merge_via_cli(raw, capfd, monkeypatch):
     # sources by folder name, by id and by path
     rc = main(["convert", "multilesion", "--input", str(raw), "--dataset-id", "100",
                "--sources", SOURCES[0], "103", str(raw / SOURCES[2])])
@@ -84,7 +76,7 @@ def test_union_merge_via_cli(raw, capfd):
     case_sources = json.loads((folder / "case_sources.json").read_text())
     assert case_sources == {case_id: {"source": source.split("_", 1)[1], "dataset": source, "annotated_labels": [1]}
                             for case_id, (source, _) in expected.items()}
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
 def test_per_source_labels_and_case_metadata(raw):

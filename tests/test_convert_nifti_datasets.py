@@ -16,6 +16,7 @@ from dataset_conversion.covid19_ct_seg import BENCHMARK_FOLDS, convert_covid19_c
 from dataset_conversion.mosmed import convert_mosmed, held_out_case_ids
 from dataset_conversion.structseg import convert_structseg
 from nnunet_covid.cli import main
+from nnunet_integrity import verify_with_nnunet
 
 
 @pytest.fixture(autouse=True)
@@ -38,17 +39,7 @@ def array(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def verify_with_nnunet(folder: Path, capfd) -> None:
-    """nnU-Net's own integrity check; its warnings (origin/direction mismatch) count as failures too."""
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    capfd.readouterr()
-    verify_dataset_integrity(str(folder), num_processes=1)
-    out = capfd.readouterr().out
-    assert "Warning" not in out and "Error" not in out, out
-
-
-def test_msd_lung_cli_converts_labelled_cases_and_rerun_skips(raw_layouts, tmp_path, capfd):
+def test_msd_lung_cli_converts_labelled_cases_and_rerun_skips(raw_layouts, tmp_path, capfd, monkeypatch):
     task = raw_layouts["msd"]
     assert main(["convert", "msd-lung", "--input", str(task.parent), "--dataset-id", "102"]) == 0
     folder = tmp_path / "raw" / "Dataset102_MSDLung"
@@ -63,14 +54,14 @@ def test_msd_lung_cli_converts_labelled_cases_and_rerun_skips(raw_layouts, tmp_p
         assert label.max() == 1
     dataset_json = json.loads((folder / "dataset.json").read_text())
     assert dataset_json["labels"] == {"background": 0, "tumour": 1} and dataset_json["numTraining"] == 3
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
     stamp = (folder / "imagesTr" / "lung_001_0000.nii.gz").stat().st_mtime_ns
     assert main(["convert", "msd-lung", "-i", str(task), "-d", "102"]) == 0
     assert "converted 0, skipped (already done) 3, failed 0" in capfd.readouterr().out
     assert (folder / "imagesTr" / "lung_001_0000.nii.gz").stat().st_mtime_ns == stamp
 
 
-def test_msd_lung_shape_mismatch_fails_only_that_case(raw_layouts, tmp_path, capfd):
+def test_msd_lung_shape_mismatch_fails_only_that_case(raw_layouts, tmp_path, capfd, monkeypatch):
     task = Path(shutil.copytree(raw_layouts["msd"], tmp_path / "Task06_Lung"))
     small = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.uint8))
     sitk.WriteImage(small, str(task / "labelsTr" / "lung_003.nii.gz"))
@@ -84,10 +75,10 @@ def test_msd_lung_shape_mismatch_fails_only_that_case(raw_layouts, tmp_path, cap
     folder = tmp_path / "raw" / "Dataset102_MSDLung"
     assert [p.name for p in (folder / "labelsTr").iterdir()] == ["lung_001.nii.gz"]
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
-def test_structseg_ids_labels_and_bad_label_values(raw_layouts, tmp_path, capfd):
+def test_structseg_ids_labels_and_bad_label_values(raw_layouts, tmp_path, capfd, monkeypatch):
     lung_gtv = Path(shutil.copytree(raw_layouts["structseg"], tmp_path / "Lung_GTV"))
     bad = sitk.ReadImage(str(lung_gtv / "2" / "label.nii.gz")) * 255  # a 0/255 mask is not a StructSeg label
     sitk.WriteImage(bad, str(lung_gtv / "2" / "label.nii.gz"))
@@ -97,10 +88,10 @@ def test_structseg_ids_labels_and_bad_label_values(raw_layouts, tmp_path, capfd)
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["gtv_001.nii.gz", "gtv_003.nii.gz"]
     np.testing.assert_array_equal(array(folder / "labelsTr" / "gtv_003.nii.gz"), array(lung_gtv / "3" / "label.nii.gz"))
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {"background": 0, "GTV": 1}
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
-def test_mosmed_keeps_masked_ct1_studies_and_splits_80_20(raw_layouts, tmp_path, capfd):
+def test_mosmed_keeps_masked_ct1_studies_and_splits_80_20(raw_layouts, tmp_path, capfd, monkeypatch):
     folder = convert_mosmed(raw_layouts["mosmed"].parent, 105)
     masked = [f"study_{n:04d}" for n in range(255, 260)]
     expected_test = held_out_case_ids(masked, 0)
@@ -114,7 +105,7 @@ def test_mosmed_keeps_masked_ct1_studies_and_splits_80_20(raw_layouts, tmp_path,
                                       array(raw_layouts["mosmed"] / "masks" / f"{case_id}_mask.nii.gz"))
     dataset_json = json.loads((folder / "dataset.json").read_text())
     assert dataset_json["numTraining"] == 4 and dataset_json["test_cases"] == test
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
 def test_mosmed_documented_split_of_the_50_real_cases():
@@ -126,7 +117,7 @@ def test_mosmed_documented_split_of_the_50_real_cases():
     assert sorted(random.Random(0).sample(real_ids, 10)) == sorted(documented)
 
 
-def test_covid19_ct_seg_windowing_and_benchmark_split(raw_layouts, tmp_path, capfd):
+def test_covid19_ct_seg_windowing_and_benchmark_split(raw_layouts, tmp_path, capfd, monkeypatch):
     raw = raw_layouts["covid"]
     assert main(["convert", "covid19-ct-seg", "-i", str(raw), "-d", "110"]) == 0
     folder = tmp_path / "raw" / "Dataset110_COVID19CTSeg"
@@ -149,10 +140,10 @@ def test_covid19_ct_seg_windowing_and_benchmark_split(raw_layouts, tmp_path, cap
     for fold, benchmark in zip(splits, BENCHMARK_FOLDS):
         assert sorted(fold["train"]) == sorted(benchmark) and len(fold["val"]) == 16
         assert set(fold["train"]) | set(fold["val"]) == set(names)
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
-def test_covid19_ct_seg_lung_and_infection_target(raw_layouts, tmp_path, capfd):
+def test_covid19_ct_seg_lung_and_infection_target(raw_layouts, tmp_path, capfd, monkeypatch):
     folder = convert_covid19_ct_seg(raw_layouts["covid"], 111, target="lung-and-infection")
     assert folder.name == "Dataset111_COVID19CTSegLungInfection"
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {
@@ -160,7 +151,7 @@ def test_covid19_ct_seg_lung_and_infection_target(raw_layouts, tmp_path, capfd):
     label = array(folder / "labelsTr" / "coronacases_001.nii.gz")
     np.testing.assert_array_equal(label, array(raw_layouts["covid"] / "Lung_and_Infection_Mask" / "coronacases_001.nii.gz"))
     assert set(np.unique(label)) == {0, 1, 2, 3}
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
     # resuming the same folder with another target would mix label conventions
     with pytest.raises(ConversionError, match="target='lung-and-infection'"):
         convert_covid19_ct_seg(raw_layouts["covid"], 111, name="COVID19CTSegLungInfection", target="lungs")

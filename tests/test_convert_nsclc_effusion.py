@@ -13,6 +13,7 @@ from dataset_conversion.common import ConversionError
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
 from dataset_conversion.synthetic_layouts import write_nsclc_effusion_layout
 from nnunet_covid.cli import main
+from nnunet_integrity import verify_with_nnunet
 
 
 @pytest.fixture(autouse=True)
@@ -43,16 +44,7 @@ def gdcm_ct(root: Path, patient: str):
     return reader.Execute()
 
 
-def verify_with_nnunet(folder: Path, capfd) -> None:
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    capfd.readouterr()
-    verify_dataset_integrity(str(folder), num_processes=1)
-    out = capfd.readouterr().out
-    assert "Warning" not in out and "Error" not in out, out
-
-
-def test_union_of_flipped_reviewer_masks_lands_on_the_ct_grid(plethora, tmp_path, capfd):
+def test_union_of_flipped_reviewer_masks_lands_on_the_ct_grid(plethora, tmp_path, capfd, monkeypatch):
     assert main(["convert", "nsclc-effusion", "--input", str(plethora), "--dataset-id", "104"]) == 0
     folder = tmp_path / "raw" / "Dataset104_NSCLCEffusion"
     for patient in ("LUNG1-001", "LUNG1-002"):
@@ -77,7 +69,7 @@ def test_union_of_flipped_reviewer_masks_lands_on_the_ct_grid(plethora, tmp_path
         hu = sitk.GetArrayFromImage(image)[converted > 0]
         assert -100 < np.median(hu) < 100
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {"background": 0, "effusion": 1}
-    verify_with_nnunet(folder, capfd)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
 def test_single_reviewer_choice(plethora, tmp_path):
