@@ -22,7 +22,9 @@ Per-case metadata for partial-label training, ``case_sources.json`` in the datas
 ``annotated_labels`` are the output label values the case's source annotates (never 0). A voxel
 of that case labelled 0 is "none of annotated_labels": it may contain a lesion type its source does
 not annotate (e.g. an effusion in an MSD case), so a partial-label loss must not treat the other
-lesion labels as negatives there. The file lists exactly the cases present in imagesTr.
+lesion labels as negatives there. The file lists exactly the cases present in imagesTr. The same
+mapping is stored under ``case_sources`` in dataset.json, which nnU-Net copies to the preprocessed
+folder, so trainers read it from their ``dataset_json``.
 """
 from __future__ import annotations
 
@@ -123,14 +125,15 @@ def load_case(image_files: tuple[str, ...], label_file: str, label_map: dict[int
     return CaseData(images=images, label=remapped, info=info)
 
 
-def write_case_sources(folder: Path, file_ending: str) -> None:
-    """``case_sources.json`` (format in the module docstring) for the training cases on disk."""
+def write_case_sources(folder: Path, file_ending: str) -> dict:
+    """``case_sources.json`` (format in the module docstring) for the training cases on disk; returns the mapping."""
     case_sources = {}
     for record_file in sorted((folder / CASES_DIR).glob("*.json")):
         record = json.loads(record_file.read_text())
         if case_done(folder, record["case_id"], "Tr", file_ending):
             case_sources[record["case_id"]] = {k: record["info"][k] for k in ("source", "dataset", "annotated_labels")}
     atomic_write_json(case_sources, folder / CASE_SOURCES_FILE)
+    return case_sources
 
 
 def convert_multilesion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
@@ -161,11 +164,11 @@ def convert_multilesion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, ou
                                                     new_id, info)))
     file_ending = merged_sources[0].dataset_json["file_ending"]
     summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, file_ending=file_ending)
-    write_case_sources(folder, file_ending)
+    case_sources = write_case_sources(folder, file_ending)  # also in dataset.json: the trainers read it there
     extra = {k: v for k, v in merged_sources[0].dataset_json.items() if k == "overwrite_image_reader_writer"}
     return finish_dataset(folder, merged_sources[0].dataset_json["channel_names"], out_labels, summary,
                           file_ending=file_ending, labels_mode=labels,
-                          sources={s.short: s.folder.name for s in merged_sources},
+                          sources={s.short: s.folder.name for s in merged_sources}, case_sources=case_sources,
                           description=f"multi-lesion merge ({labels} labels) of "
                                       + ", ".join(s.folder.name for s in merged_sources), **extra)
 

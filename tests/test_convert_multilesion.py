@@ -76,6 +76,7 @@ def test_union_merge_via_cli(raw, capfd, monkeypatch):
     case_sources = json.loads((folder / "case_sources.json").read_text())
     assert case_sources == {case_id: {"source": source.split("_", 1)[1], "dataset": source, "annotated_labels": [1]}
                             for case_id, (source, _) in expected.items()}
+    assert dataset_json["case_sources"] == case_sources
     verify_with_nnunet(folder, capfd, monkeypatch)
 
 

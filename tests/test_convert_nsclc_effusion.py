@@ -125,3 +125,10 @@ def test_ct_is_found_by_modality_not_folder_order(tmp_path):
         ct_file.unlink()
     with pytest.raises(ConversionError, match="LUNG1-001.*no DICOM series with Modality CT"):
         convert_nsclc_effusion(root, 108)
+
+
+
+def test_crop_lung_is_refused_because_it_would_cut_the_effusion(plethora, tmp_path, capfd):
+    rc = main(["convert", "nsclc-effusion", "-i", str(plethora), "-d", "109", "--crop-lung"])
+    assert rc != 0 and "--crop-lung would cut pleural effusions off" in capfd.readouterr().err
+    assert not (tmp_path / "raw").exists()
