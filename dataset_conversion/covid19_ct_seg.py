@@ -56,8 +56,8 @@ _IMAGE_NAME = re.compile(r"^(?:coronacases_org_(?P<c>\d+)|radiopaedia_org_covid-
 
 
 def case_id_of(image_name: str) -> str | None:
-    """``coronacases_org_001.nii.gz`` -> ``coronacases_001``; ``radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm.nii.gz``
-    -> ``radiopaedia_4_85506_1``; None for other files."""
+    """The case id of an image file name, None for other files: ``coronacases_org_001.nii.gz`` ->
+    ``coronacases_001``, ``radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm.nii.gz`` -> ``radiopaedia_4_85506_1``."""
     match = _IMAGE_NAME.match(image_name)
     if match is None:
         return None
@@ -79,8 +79,9 @@ def to_windowed_hu(image, case_id: str):
     values = sitk.GetArrayFromImage(image).astype(np.float32)
     if case_id.startswith("radiopaedia"):
         if values.min() < 0 or values.max() > 255:
-            raise ConversionError(f"case {case_id}: Radiopaedia image values span [{values.min():g}, {values.max():g}], "
-                                  f"expected the published [0, 255] windowed intensities")
+            raise ConversionError(f"case {case_id}: Radiopaedia image values span "
+                                  f"[{values.min():g}, {values.max():g}], expected the published [0, 255] "
+                                  f"windowed intensities")
         hu = values * (high - low) / 255.0 + low
     else:
         hu = np.clip(values, low, high)

@@ -84,8 +84,9 @@ def resample_mask_onto_ct(mask, ct, case_id: str, what: str):
     mask_lo, mask_hi = physical_bounds(binary)
     ct_lo, ct_hi = physical_bounds(ct)
     if np.any(mask_hi < ct_lo) or np.any(mask_lo > ct_hi):
-        raise ConversionError(f"case {case_id}: {what} (physical extent {np.round(mask_lo, 1)}..{np.round(mask_hi, 1)} "
-                              f"mm) does not overlap the CT's field of view ({np.round(ct_lo, 1)}..{np.round(ct_hi, 1)})")
+        raise ConversionError(f"case {case_id}: {what} (physical extent {np.round(mask_lo, 1)}.."
+                              f"{np.round(mask_hi, 1)} mm) does not overlap the CT's field of view "
+                              f"({np.round(ct_lo, 1)}..{np.round(ct_hi, 1)} mm)")
     resampled = sitk.Resample(binary, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     volume_before = sitk.GetArrayViewFromImage(binary).sum() * np.prod(binary.GetSpacing()) / 1000.0
     volume_after = sitk.GetArrayViewFromImage(resampled).sum() * np.prod(ct.GetSpacing()) / 1000.0

@@ -30,7 +30,7 @@ def find_cases(input_dir: Path) -> list[tuple[str, Path, Path]]:
     return [(f"gtv_{int(p.name):03d}", p / "data.nii.gz", p / "label.nii.gz") for p in folders]
 
 
-def convert_structseg(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
+def convert_structseg_lung_gtv(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
                       num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None) -> Path:
     """Convert StructSeg Lung_GTV; returns the dataset folder (ConversionError listing failed cases at the end)."""
     cases = find_cases(Path(input_dir))
@@ -43,4 +43,4 @@ def add_arguments(parser) -> None:
 
 
 def convert_from_args(args) -> Path:
-    return convert_structseg(**common_kwargs(args))
+    return convert_structseg_lung_gtv(**common_kwargs(args))

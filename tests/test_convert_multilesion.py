@@ -14,7 +14,7 @@ from dataset_conversion.common import ConversionError
 from dataset_conversion.msd_lung import convert_msd_lung
 from dataset_conversion.multilesion import convert_multilesion, load_sources
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
-from dataset_conversion.structseg import convert_structseg
+from dataset_conversion.structseg import convert_structseg_lung_gtv
 from nnunet_covid.cli import main
 from nnunet_integrity import verify_with_nnunet
 
@@ -27,7 +27,7 @@ def sources_root(tmp_path_factory):
     src = tmp_path_factory.mktemp("layouts")
     raw = tmp_path_factory.mktemp("sources")
     convert_msd_lung(layouts.write_msd_lung_layout(src, n_cases=2, seed=11), 102, output_root=raw)
-    convert_structseg(layouts.write_structseg_layout(src, n_cases=2, seed=12), 103, output_root=raw)
+    convert_structseg_lung_gtv(layouts.write_structseg_layout(src, n_cases=2, seed=12), 103, output_root=raw)
     convert_nsclc_effusion(layouts.write_nsclc_effusion_layout(src, n_cases=2, seed=13), 104, output_root=raw)
     return raw
 

@@ -14,7 +14,7 @@ from dataset_conversion import synthetic_layouts as layouts
 from dataset_conversion.common import ConversionError
 from dataset_conversion.covid19_ct_seg import BENCHMARK_FOLDS, convert_covid19_ct_seg
 from dataset_conversion.mosmed import convert_mosmed, held_out_case_ids
-from dataset_conversion.structseg import convert_structseg
+from dataset_conversion.structseg import convert_structseg_lung_gtv
 from nnunet_covid.cli import main
 from nnunet_integrity import verify_with_nnunet
 
@@ -83,7 +83,7 @@ def test_structseg_ids_labels_and_bad_label_values(raw_layouts, tmp_path, capfd,
     bad = sitk.ReadImage(str(lung_gtv / "2" / "label.nii.gz")) * 255  # a 0/255 mask is not a StructSeg label
     sitk.WriteImage(bad, str(lung_gtv / "2" / "label.nii.gz"))
     with pytest.raises(ConversionError, match=r"gtv_002.*unexpected values \[255\]"):
-        convert_structseg(lung_gtv, 103)
+        convert_structseg_lung_gtv(lung_gtv, 103)
     folder = tmp_path / "raw" / "Dataset103_StructSegGTV"
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["gtv_001.nii.gz", "gtv_003.nii.gz"]
     np.testing.assert_array_equal(array(folder / "labelsTr" / "gtv_003.nii.gz"), array(lung_gtv / "3" / "label.nii.gz"))
@@ -149,7 +149,8 @@ def test_covid19_ct_seg_lung_and_infection_target(raw_layouts, tmp_path, capfd, 
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {
         "background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
     label = array(folder / "labelsTr" / "coronacases_001.nii.gz")
-    np.testing.assert_array_equal(label, array(raw_layouts["covid"] / "Lung_and_Infection_Mask" / "coronacases_001.nii.gz"))
+    expected = array(raw_layouts["covid"] / "Lung_and_Infection_Mask" / "coronacases_001.nii.gz")
+    np.testing.assert_array_equal(label, expected)
     assert set(np.unique(label)) == {0, 1, 2, 3}
     verify_with_nnunet(folder, capfd, monkeypatch)
     # resuming the same folder with another target would mix label conventions
