@@ -143,14 +143,15 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False), path)
 
 
-def atomic_write_image(image, path: Path) -> None:
-    """Write a SimpleITK image to ``path`` through ``<dataset>/.partial/`` (same extension) and rename."""
+def atomic_write_image(image, path: Path, partial: Path | None = None) -> None:
+    """Write a SimpleITK image to ``path`` via a same-named file in ``partial`` (default ``<folder>/.partial``),
+    then rename: a crash never leaves a truncated image where nnU-Net looks for cases."""
     import SimpleITK as sitk
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.parent.parent / PARTIAL_DIR
-    partial.mkdir(exist_ok=True)
+    partial = path.parent / PARTIAL_DIR if partial is None else Path(partial)
+    partial.mkdir(parents=True, exist_ok=True)
     tmp = partial / f"{os.getpid()}_{path.name}"
     sitk.WriteImage(image, str(tmp), useCompression=True)
     os.replace(tmp, path)
@@ -199,10 +200,11 @@ def write_case(dataset_dir: Path, case_id: str, images: Sequence[Any], label=Non
 
         margin = DEFAULT_MARGIN_MM if crop_margin_mm is None else crop_margin_mm
         images, label, crop_box = crop_to_lungs(images, label, margin_mm=margin, case_id=case_id)
+    partial = Path(dataset_dir) / PARTIAL_DIR
     for c, img in enumerate(images):
-        atomic_write_image(img, image_path(dataset_dir, case_id, c, subset, file_ending))
+        atomic_write_image(img, image_path(dataset_dir, case_id, c, subset, file_ending), partial)
     if label is not None:
-        atomic_write_image(label, label_path(dataset_dir, case_id, subset, file_ending))
+        atomic_write_image(label, label_path(dataset_dir, case_id, subset, file_ending), partial)
     record = {"case_id": case_id, "subset": subset, "num_channels": len(images), "has_label": label is not None,
               "info": info or {}}
     if crop_box is not None:
@@ -253,22 +255,29 @@ def run_cases(dataset_dir: Path, jobs: Sequence[CaseJob], num_processes: int = 1
     bar = tqdm(total=len(todo), desc=desc, unit="case", disable=not progress or not todo)
     args = [(dataset_dir, job, file_ending, crop_lung, crop_margin_mm) for job in todo]
     if num_processes <= 1 or len(todo) <= 1:
-        outcomes = (_convert_one(*a) for a in args)
-        _collect(outcomes, summary, bar)
+        _collect((_convert_one(*a) for a in args), summary, bar)
     else:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(num_processes, len(todo))) as pool:
-            _collect(pool.imap_unordered(_star_convert_one, args), summary, bar)
+        _collect(_pool_outcomes(args, min(num_processes, len(todo))), summary, bar)
     bar.close()
     if progress:
         print(summary.report())
     return summary
 
 
-def _star_convert_one(a):
-    return _convert_one(*a)
+def _pool_outcomes(args: list[tuple], workers: int):
+    """Outcomes of ``_convert_one`` in forked worker processes (fork: no re-import of the caller's
+    main module); a worker killed e.g. by the OOM killer fails its case instead of hanging the pool."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(_convert_one, *a): a[1].case_id for a in args}
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except BrokenProcessPool as e:
+                yield futures[future], "failed", f"case {futures[future]}: worker process died ({e})"
 
 
 def _collect(outcomes, summary: ConversionSummary, bar) -> None:

@@ -13,6 +13,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
     "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
+    "uncrop": ("dataset_conversion.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),
     "evaluate": ("nnunet_covid.evaluation.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
     "study": ("nnunet_covid.evaluation.study", "run or print every training/prediction/evaluation of a study grid"),
     "report": ("nnunet_covid.evaluation.report", "the papers' tables, paired tests and box plots from study results"),
