@@ -168,8 +168,8 @@ def check_geometry(case_id: str, reference, other, what: str = "label") -> None:
         a = np.asarray(getattr(reference, f"Get{prop}")())
         b = np.asarray(getattr(other, f"Get{prop}")())
         if not np.allclose(a, b, atol=GEOMETRY_TOLERANCE, rtol=0):
-            raise ConversionError(f"case {case_id}: {what} {prop.lower()} {tuple(np.round(b, 4))} does not match "
-                                  f"image {prop.lower()} {tuple(np.round(a, 4))}")
+            raise ConversionError(f"case {case_id}: {what} {prop.lower()} {tuple(np.round(b, 4).tolist())} does not "
+                                  f"match image {prop.lower()} {tuple(np.round(a, 4).tolist())}")
 
 
 def write_case(dataset_dir: Path, case_id: str, images: Sequence[Any], label=None, subset: str = "Tr",

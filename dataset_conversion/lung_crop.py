@@ -221,8 +221,8 @@ def uncrop(image, box: dict, case_id: str = "?"):
     expected_origin = np.asarray(box["original_origin"]) + np.asarray(box["original_direction"]).reshape(3, 3) @ (
         np.asarray(box["crop_index"]) * np.asarray(box["original_spacing"]))
     if not np.allclose(image.GetOrigin(), expected_origin, atol=1e-2):
-        raise ConversionError(f"case {case_id}: prediction origin {tuple(np.round(image.GetOrigin(), 3))} is not the "
-                              f"crop box origin {tuple(np.round(expected_origin, 3))}")
+        raise ConversionError(f"case {case_id}: prediction origin {tuple(np.round(image.GetOrigin(), 3).tolist())} is not the "
+                              f"crop box origin {tuple(np.round(expected_origin, 3).tolist())}")
     array = sitk.GetArrayFromImage(image)
     full = np.zeros(tuple(box["original_size"][::-1]) + array.shape[3:], dtype=array.dtype)
     x, y, z = box["crop_index"]

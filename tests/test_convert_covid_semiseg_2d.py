@@ -11,6 +11,7 @@ from PIL import Image
 from dataset_conversion.covid_semiseg_2d import convert_covid_semiseg_2d
 from dataset_conversion.synthetic_layouts import write_covid_semiseg_2d_layout
 from nnunet_covid.cli import main
+from nnunet_integrity import verify_with_nnunet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg-2d"
 
@@ -21,13 +22,7 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
 
 
-def _verify(folder: Path) -> None:
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    verify_dataset_integrity(str(folder), num_processes=1)
-
-
-def test_binary_cli_writes_png_2d_dataset_that_nnunet_accepts(tmp_path, capsys):
+def test_binary_cli_writes_png_2d_dataset_that_nnunet_accepts(tmp_path, capfd, monkeypatch):
     raw = write_covid_semiseg_2d_layout(tmp_path / "src", n_slices=3, seed=1)
     assert main(["convert", "covid-semiseg-2d", "--input", str(raw), "--dataset-id", "41"]) == 0
     folder = tmp_path / "raw" / "Dataset041_COVIDSemiSeg2D"
@@ -41,10 +36,10 @@ def test_binary_cli_writes_png_2d_dataset_that_nnunet_accepts(tmp_path, capsys):
         np.testing.assert_array_equal(image, np.asarray(Image.open(raw / "train" / "Imgs" / f"{n}.jpg")))
         np.testing.assert_array_equal(label, np.asarray(Image.open(raw / "train" / "GT" / f"{n}.png")) // 255)
         assert label.max() == 1
-    _verify(folder)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
-def test_multiclass_keeps_class_indices(tmp_path):
+def test_multiclass_keeps_class_indices(tmp_path, capfd, monkeypatch):
     raw = write_covid_semiseg_2d_layout(tmp_path / "src", n_slices=2, seed=3)
     folder = convert_covid_semiseg_2d(raw, 42, multiclass=True, progress=False)
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {
@@ -54,26 +49,26 @@ def test_multiclass_keeps_class_indices(tmp_path):
         expected = np.asarray(Image.open(raw / "train-multiclass" / "GT" / f"{n}.png"))
         np.testing.assert_array_equal(label, expected)
     assert {1, 2} <= set(np.unique(label).tolist())
-    _verify(folder)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
-def test_broken_slice_fails_alone_and_rerun_skips_finished(tmp_path, capsys):
+def test_broken_slice_fails_alone_and_rerun_skips_finished(tmp_path, capfd, monkeypatch):
     raw = write_covid_semiseg_2d_layout(tmp_path / "src", n_slices=3, seed=5)
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(raw / "train" / "GT" / "1.png")  # wrong shape
     rc = main(["convert", "covid-semiseg-2d", "-i", str(raw), "-d", "43", "-np", "2"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert rc != 0
     assert "semiseg_001" in err and "shape" in err
     folder = tmp_path / "raw" / "Dataset043_COVIDSemiSeg2D"
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["semiseg_000.png", "semiseg_002.png"]
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
     assert not (folder / ".partial").exists()
-    _verify(folder)
+    verify_with_nnunet(folder, capfd, monkeypatch)
     # fix the mask; the rerun converts only the missing slice
     stamp = (folder / "labelsTr" / "semiseg_000.png").stat().st_mtime_ns
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(raw / "train" / "GT" / "1.png")
     assert main(["convert", "covid-semiseg-2d", "-i", str(raw), "-d", "43"]) == 0
-    assert "converted 1, skipped (already done) 2, failed 0" in capsys.readouterr().out
+    assert "converted 1, skipped (already done) 2, failed 0" in capfd.readouterr().out
     assert (folder / "labelsTr" / "semiseg_000.png").stat().st_mtime_ns == stamp
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 3
 

@@ -21,6 +21,7 @@ from dataset_conversion.lidc_idri import convert_lidc_idri
 from dataset_conversion.synthetic_layouts import write_lidc_case, write_lidc_layout, write_lidc_xml
 from nnunet_covid.cli import main
 from nnunet_covid.synthetic import make_case
+from nnunet_integrity import verify_with_nnunet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri"
 SHAPE, SPACING = (12, 64, 64), (2.5, 0.9, 0.9)
@@ -34,12 +35,6 @@ def _env(monkeypatch, tmp_path):
 
 def _array(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-
-
-def _verify(folder: Path) -> None:
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    verify_dataset_integrity(str(folder), num_processes=1)
 
 
 def test_read_dicom_series_matches_gdcm_and_returns_sop_uids(tmp_path):
@@ -59,7 +54,7 @@ def test_read_dicom_series_matches_gdcm_and_returns_sop_uids(tmp_path):
     assert [by_uid[u] for u in uids] == sorted(by_uid.values())  # slice k <-> its SOP UID, sorted by z
 
 
-def test_synthetic_lidc_through_cli_reproduces_the_consensus(tmp_path, capsys):
+def test_synthetic_lidc_through_cli_reproduces_the_consensus(tmp_path, capfd, monkeypatch):
     raw = write_lidc_layout(tmp_path / "src", n_cases=2, seed=0, shape=SHAPE, spacing=SPACING)
     assert main(["convert", "lidc-idri", "--input", str(raw), "--dataset-id", "11", "--num-processes", "2"]) == 0
     folder = tmp_path / "raw" / "Dataset011_LIDCIDRI"
@@ -75,7 +70,7 @@ def test_synthetic_lidc_through_cli_reproduces_the_consensus(tmp_path, capsys):
         assert all(r["readers"] == "3" and r["annotations"] == "3" and float(r["median_malignancy"]) == 4 for r in mine)
         assert sum(float(r["volume_mm3"]) for r in mine) == pytest.approx(case.label.sum() * np.prod(SPACING), rel=1e-3)
     assert json.loads((folder / "dataset.json").read_text())["labels"] == {"background": 0, "nodule": 1}
-    _verify(folder)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
 
 def test_consensus_level_min_readers_and_small_nodules(tmp_path, capsys):
@@ -119,7 +114,7 @@ def _break(raw: Path, number: int) -> Path:
     return next((raw / f"LIDC-IDRI-{number:04d}").glob("*/*"))
 
 
-def test_broken_cases_fail_alone_with_clear_messages_and_rerun_skips_done(tmp_path, capsys):
+def test_broken_cases_fail_alone_with_clear_messages_and_rerun_skips_done(tmp_path, capfd, monkeypatch):
     raw = write_lidc_layout(tmp_path / "src", n_cases=6, seed=10, shape=SHAPE, spacing=SPACING)
     slices = lambda n: sorted(_break(raw, n).glob("*.dcm"))  # noqa: E731
     slices(2)[5].unlink()                                           # missing slice
@@ -137,7 +132,7 @@ def test_broken_cases_fail_alone_with_clear_messages_and_rerun_skips_done(tmp_pa
     xml6.write_text(xml6.read_text()[:-200])                         # malformed XML
 
     rc = main(["convert", "lidc-idri", "-i", str(raw), "-d", "17", "-np", "2"])
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert rc == 2
     err = captured.err
     assert "LIDC-IDRI-0002" in err and "1 missing slice(s)" in err
@@ -149,14 +144,14 @@ def test_broken_cases_fail_alone_with_clear_messages_and_rerun_skips_done(tmp_pa
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["LIDC-IDRI-0001.nii.gz", "LIDC-IDRI-0005.nii.gz"]
     assert _array(folder / "labelsTr" / "LIDC-IDRI-0005.nii.gz").sum() == 0
     assert not list(folder.rglob("*.tmp")) and not (folder / ".partial").exists()
-    _verify(folder)
+    verify_with_nnunet(folder, capfd, monkeypatch)
 
     shutil.rmtree(_break(raw, 2).parent.parent)  # drop the missing-slice patient, repair the others
     for n in (3, 4, 6):
         shutil.rmtree(_break(raw, n).parent.parent)
         write_lidc_case(raw, n, seed=10, shape=SHAPE, spacing=SPACING)
     assert main(["convert", "lidc-idri", "-i", str(raw), "-d", "17"]) == 0
-    assert "converted 3, skipped (already done) 2, failed 0" in capsys.readouterr().out
+    assert "converted 3, skipped (already done) 2, failed 0" in capfd.readouterr().out
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 5
     rows = list(csv.DictReader((folder / "nodules.csv").open()))
     assert {r["case"] for r in rows} == {"LIDC-IDRI-0001", "LIDC-IDRI-0003", "LIDC-IDRI-0004", "LIDC-IDRI-0006"}

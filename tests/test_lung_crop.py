@@ -12,6 +12,7 @@ from dataset_conversion.lung_crop import bounding_box, crop_to_lungs, lung_mask,
 from dataset_conversion.synthetic_layouts import write_lidc_layout
 from nnunet_covid.cli import main
 from nnunet_covid.synthetic import default_spacing, make_case
+from nnunet_integrity import verify_with_nnunet
 
 SHAPE = (24, 64, 64)
 
@@ -74,7 +75,7 @@ def test_uncrop_of_crop_is_the_original_inside_the_box_and_zero_outside(directio
     np.testing.assert_array_equal(sitk.GetArrayFromImage(uncrop(cropped_label, box)), case.label)
 
 
-def test_convert_with_crop_lung_then_uncrop_cli_restores_original_geometry(tmp_path, capsys):
+def test_convert_with_crop_lung_then_uncrop_cli_restores_original_geometry(tmp_path, capfd, monkeypatch):
     spacing = default_spacing(SHAPE)
     raw = write_lidc_layout(tmp_path / "src", n_cases=2, seed=20, shape=SHAPE, spacing=spacing)
     assert main(["convert", "lidc-idri", "-i", str(raw), "-d", "31", "--crop-lung", "--crop-margin", "8"]) == 0
@@ -96,19 +97,17 @@ def test_convert_with_crop_lung_then_uncrop_cli_restores_original_geometry(tmp_p
         np.testing.assert_allclose(restored.GetSpacing(), original.GetSpacing())
         np.testing.assert_array_equal(sitk.GetArrayFromImage(restored), sitk.GetArrayFromImage(original))
     assert not (out / ".partial").exists()
-    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-
-    verify_dataset_integrity(str(cropped_ds), num_processes=1)
+    verify_with_nnunet(cropped_ds, capfd, monkeypatch)
 
     # a prediction that does not fit its box, and a dataset without boxes, give one clear error
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     sitk.WriteImage(sitk.Image(5, 5, 5, sitk.sitkUInt8), str(wrong / "LIDC-IDRI-0001.nii.gz"))
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["uncrop", "--pred", str(wrong), "--raw-dataset", str(cropped_ds), "-o", str(tmp_path / "o2")]) == 2
-    assert "LIDC-IDRI-0001: prediction size [5, 5, 5] does not match the crop box" in capsys.readouterr().err
+    assert "LIDC-IDRI-0001: prediction size [5, 5, 5] does not match the crop box" in capfd.readouterr().err
     assert main(["uncrop", "--pred", str(wrong), "--raw-dataset", str(full_ds), "-o", str(tmp_path / "o3")]) == 2
-    assert "no crop_boxes.json" in capsys.readouterr().err
+    assert "no crop_boxes.json" in capfd.readouterr().err
 
 
 def test_crop_lung_rejects_2d_images():
