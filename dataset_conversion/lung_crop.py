@@ -14,7 +14,9 @@
    < 4.8, assign every voxel to the nearer one, keep the main part of each (95 % of per-slice
    area, convex hulls) and fill 2D holes.
 
-:func:`crop_to_lungs` crops a case to the lungs' bounding box plus a margin and returns the box;
+:func:`crop_to_lungs` crops a case to the lungs' bounding box plus a margin and returns the box (the
+mask is computed on in-plane blocks of about 1.4 mm, e.g. 2x2 pixels of a 0.7 mm CT: 4x fewer voxels
+for a box that only needs centimetre precision; the box matches the full-resolution one to within a block);
 :func:`uncrop` pastes an image of the cropped grid back into the original grid (zeros outside).
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ VOLUME_LIMITS_L = (0.68, 7.5)
 LARGE_SLICE_AREA_MM2 = 6000.0
 MAX_AXIS_DISTANCE_MM = 62.0
 CUT_STEP = 2
+MASK_IN_PLANE_MM = 1.4  # crop_to_lungs computes the mask on blocks of about this size
 
 
 def binarize_per_slice(image: np.ndarray, spacing: np.ndarray, bg_patch: int = 10) -> np.ndarray:
@@ -185,6 +188,16 @@ def bounding_box(mask: np.ndarray, spacing_zyx, margin_mm: float) -> tuple[np.nd
     return start, stop
 
 
+def block_mean_in_plane(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` pixel blocks of every slice (edges padded by replication)."""
+    if factor == 1:
+        return image
+    nz, ny, nx = image.shape
+    pad = ((0, 0), (0, -ny % factor), (0, -nx % factor))
+    padded = np.pad(image.astype(np.float32), pad, mode="edge")
+    return padded.reshape(nz, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor).mean(axis=(2, 4))
+
+
 def crop_to_lungs(images, label=None, margin_mm: float = DEFAULT_MARGIN_MM, case_id: str = "?"):
     """Crop every channel (and the label) to the lungs of channel 0 -> (images, label, crop box).
 
@@ -197,10 +210,14 @@ def crop_to_lungs(images, label=None, margin_mm: float = DEFAULT_MARGIN_MM, case
     if reference.GetDimension() != 3:
         raise ConversionError(f"case {case_id}: --crop-lung needs 3D images, got {reference.GetDimension()}D")
     array = sitk.GetArrayViewFromImage(reference)
-    spacing_zyx = reference.GetSpacing()[::-1]
-    mask = lung_mask(array, spacing_zyx)
+    spacing_zyx = np.asarray(reference.GetSpacing()[::-1], dtype=float)
+    # the mask only places a box with a margin of centimetres: compute it on a grid of >= ~1.4 mm in-plane
+    factor = max(1, int(round(MASK_IN_PLANE_MM / min(spacing_zyx[1:]))))
+    coarse_spacing = spacing_zyx * [1, factor, factor]
+    mask = lung_mask(block_mean_in_plane(array, factor), coarse_spacing)
     if mask.any():
-        start, stop = bounding_box(mask, spacing_zyx, margin_mm)
+        start, stop = bounding_box(mask, coarse_spacing, margin_mm)
+        start, stop = start * [1, factor, factor], np.minimum(stop * [1, factor, factor], array.shape)
     else:
         start, stop = np.zeros(3, dtype=int), np.asarray(array.shape)
     index, size = [int(v) for v in start[::-1]], [int(v) for v in (stop - start)[::-1]]

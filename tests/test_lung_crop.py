@@ -113,3 +113,23 @@ def test_convert_with_crop_lung_then_uncrop_cli_restores_original_geometry(tmp_p
 def test_crop_lung_rejects_2d_images():
     with pytest.raises(ConversionError, match="needs 3D images"):
         crop_to_lungs([sitk.Image(32, 32, sitk.sitkInt16)], case_id="slice_1")
+
+
+def test_fine_in_plane_spacing_uses_coarse_blocks_with_the_same_box():
+    case = make_case("covid", 6, shape=SHAPE)
+    coarse = sitk.GetImageFromArray(case.image)
+    coarse.SetSpacing(case.spacing[::-1])
+    fine_array = np.repeat(np.repeat(case.image, 4, axis=1), 4, axis=2)  # 1.33 mm pixels -> 2x2 blocks
+    fine = sitk.GetImageFromArray(fine_array)
+    fine.SetSpacing((case.spacing[2] / 4, case.spacing[1] / 4, case.spacing[0]))
+    _, _, coarse_box = crop_to_lungs([coarse], margin_mm=10.0)
+    (cropped,), _, fine_box = crop_to_lungs([fine], margin_mm=10.0)
+    expected_start = np.array(coarse_box["crop_index"]) * [4, 4, 1]
+    expected_stop = expected_start + np.array(coarse_box["crop_size"]) * [4, 4, 1]
+    fine_start = np.array(fine_box["crop_index"])
+    fine_stop = fine_start + np.array(fine_box["crop_size"])
+    assert (np.abs(fine_start - expected_start) <= [6, 6, 1]).all()  # within one original pixel / slice
+    assert (np.abs(fine_stop - expected_stop) <= [6, 6, 1]).all()  # within one original pixel / slice
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(uncrop(cropped, fine_box))[
+        fine_start[2]:fine_stop[2], fine_start[1]:fine_stop[1], fine_start[0]:fine_stop[0]],
+        fine_array[fine_start[2]:fine_stop[2], fine_start[1]:fine_stop[1], fine_start[0]:fine_stop[0]])
