@@ -5,3 +5,9 @@ __all__: list[str] = []
 from .ncovsegnet_trainer import *  # noqa: E402,F401,F403
 from .ncovsegnet_trainer import __all__ as _ncovsegnet_trainers  # noqa: E402
 __all__ += _ncovsegnet_trainers
+
+from .transfer_trainers import *  # noqa: E402,F401,F403
+from .transfer_trainers import __all__ as _transfer_trainers  # noqa: E402
+from .multilesion_trainers import *  # noqa: E402,F401,F403
+from .multilesion_trainers import __all__ as _multilesion_trainers  # noqa: E402
+__all__ += _transfer_trainers + _multilesion_trainers

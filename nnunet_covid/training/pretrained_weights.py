@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_covid.training.trainer_config import load_trainer_config
+from nnunet_covid.training.trainer_config import config_value, load_trainer_config
 
 __all__ = ["PretrainedTransferTrainer"]
 
@@ -198,8 +199,14 @@ class PretrainedTransferTrainer(nnUNetTrainer):
 
     Subclasses set ``strategy`` (the name of their ``trainer_configs/<strategy>.json``, available as
     ``self.transfer_config``) and may override :meth:`load_pretrained_checkpoint` (how a checkpoint
-    enters the network) and :meth:`on_pretrained_weights_loaded` (runs once the weights are in place,
-    before the data loaders start). The source used is written to ``<fold folder>/pretrained_source.json``.
+    enters the network), :meth:`on_pretrained_weights_loaded` (runs once the weights are in place,
+    before the data loaders start) and :meth:`build_lr_scheduler`. The source used is written to
+    ``<fold folder>/pretrained_source.json``.
+
+    Config keys used here: ``initial_lr`` (optional, else nnU-Net's 1e-2) and ``frozen_modules``
+    (optional, dotted sub-module names of the network, e.g. ``["encoder"]``): their parameters get
+    ``requires_grad=False``, are left out of the optimizer, and the modules stay in ``eval()`` during
+    training (frozen normalisation statistics; nnU-Net's InstanceNorm keeps none, BatchNorm would).
     """
 
     strategy: str = ""
@@ -208,6 +215,9 @@ class PretrainedTransferTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.transfer_config = load_trainer_config(self.strategy)
+        if "initial_lr" in self.transfer_config:
+            self.initial_lr = config_value(self.transfer_config, "initial_lr", float, self.strategy)
+        self.frozen_module_names: list[str] = list(self.transfer_config.get("frozen_modules", []))
         self.pretrained_source: str | None = None
         self._initial_fingerprint: dict[str, torch.Tensor] | None = None
         self._restored_from_checkpoint = False
@@ -215,6 +225,36 @@ class PretrainedTransferTrainer(nnUNetTrainer):
     def initialize(self):
         super().initialize()
         self._initial_fingerprint = network_fingerprint(self.network)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The configured frozen sub-modules of the (unwrapped) network."""
+        module = unwrap_network(self.network)
+        found = []
+        for name in self.frozen_module_names:
+            try:
+                found.append(module.get_submodule(name))
+            except AttributeError:
+                raise PretrainedWeightsError(f"{self.strategy}.json: frozen module '{name}' does not exist in "
+                                             f"{type(module).__name__}") from None
+        return found
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD (Nesterov 0.99) on the trainable parameters only; frozen modules get no gradients."""
+        for frozen in self.frozen_modules():
+            frozen.requires_grad_(False)
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(trainable, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, self.build_lr_scheduler(optimizer)
+
+    def build_lr_scheduler(self, optimizer: torch.optim.Optimizer):
+        """nnU-Net's poly schedule from ``self.initial_lr`` over ``self.num_epochs``."""
+        return PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # network.train()
+        for frozen in self.frozen_modules():
+            frozen.eval()
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
