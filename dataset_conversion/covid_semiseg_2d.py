@@ -86,6 +86,18 @@ def find_slices(folder: Path, require_masks: bool = True) -> list[tuple[str, Pat
     return slices
 
 
+def find_layout_root(input_dir: Path, train_name: str) -> Path:
+    """``input_dir`` or the one folder below it that holds ``<train_name>/Imgs`` (e.g. an unpacked archive)."""
+    if (input_dir / train_name).is_dir():
+        return input_dir
+    found = sorted({p.parent.parent for p in input_dir.rglob("Imgs") if p.parent.name == train_name})
+    if len(found) == 1:
+        return found[0]
+    where = f"several: {', '.join(map(str, found))}" if found else "none"
+    raise ConversionError(f"{input_dir}: expected exactly one {train_name}/ folder with Imgs/ and GT/ (the "
+                          f"COVID-SemiSeg layout has train/ and train-multiclass/), found {where}")
+
+
 def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str = DEFAULT_NAME,
                              output_root: str | Path | None = None, num_processes: int = 1,
                              crop_lung: bool = False, crop_margin_mm: float | None = None,
@@ -93,12 +105,9 @@ def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str =
     """Convert ``input_dir`` (holding ``train/`` or ``train-multiclass/``) and return the dataset folder."""
     if crop_lung:
         raise ConversionError("--crop-lung needs 3D CT volumes in HU; COVID-SemiSeg slices are windowed 2D images")
-    input_dir = Path(input_dir)
     suffix = "-multiclass" if multiclass else ""
+    input_dir = find_layout_root(Path(input_dir), f"train{suffix}")
     train = input_dir / f"train{suffix}"
-    if not train.is_dir():
-        raise ConversionError(f"{input_dir}: no train{suffix}/ folder (the COVID-SemiSeg layout has "
-                              f"train/ and train-multiclass/, each with Imgs/ and GT/)")
     jobs = [CaseJob(cid, load_slice, (str(img), str(mask), multiclass, cid)) for cid, img, mask in find_slices(train)]
     test = input_dir / f"test{suffix}"
     if test.is_dir():

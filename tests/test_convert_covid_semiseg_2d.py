@@ -24,7 +24,8 @@ def _env(monkeypatch, tmp_path):
 
 def test_binary_cli_writes_png_2d_dataset_that_nnunet_accepts(tmp_path, capfd, monkeypatch):
     raw = write_covid_semiseg_2d_layout(tmp_path / "src", n_slices=3, seed=1)
-    assert main(["convert", "covid-semiseg-2d", "--input", str(raw), "--dataset-id", "41"]) == 0
+    # the folder the archive was unpacked into is found below --input
+    assert main(["convert", "covid-semiseg-2d", "--input", str(tmp_path / "src"), "--dataset-id", "41"]) == 0
     folder = tmp_path / "raw" / "Dataset041_COVIDSemiSeg2D"
     dj = json.loads((folder / "dataset.json").read_text())
     assert dj["file_ending"] == ".png" and dj["numTraining"] == 3
@@ -81,8 +82,9 @@ def test_bad_mask_values_missing_mask_and_missing_folder_are_named(tmp_path, cap
     (raw / "train-multiclass" / "GT" / "1.png").unlink()
     assert main(["convert", "covid-semiseg-2d", "-i", str(raw), "-d", "45", "--multiclass"]) == 2
     assert "1.jpg has no mask GT/1.png" in capsys.readouterr().err
-    assert main(["convert", "covid-semiseg-2d", "-i", str(tmp_path), "-d", "46"]) == 2
-    assert "no train/ folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", "covid-semiseg-2d", "-i", str(tmp_path / "empty"), "-d", "46"]) == 2
+    assert "expected exactly one train/ folder with Imgs/ and GT/" in capsys.readouterr().err
     assert main(["convert", "covid-semiseg-2d", "-i", str(raw), "-d", "47", "--crop-lung"]) == 2
 
 
