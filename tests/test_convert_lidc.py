@@ -208,3 +208,15 @@ def test_real_lidc_case_agrees_with_pylidc_consensus(tmp_path):
     assert reference.sum() > 1000 and dice >= 0.98, dice
     rows = list(csv.DictReader((folder / "nodules.csv").open()))
     assert [(r["readers"], r["median_malignancy"]) for r in rows] == [("4", "5.0")]
+
+
+def test_xml_dir_for_xml_files_stored_apart_from_the_dicom(tmp_path):
+    raw = write_lidc_layout(tmp_path / "src", n_cases=2, seed=0, shape=SHAPE, spacing=SPACING)
+    xml_dir = tmp_path / "tcia-lidc-xml" / "185"
+    xml_dir.mkdir(parents=True)
+    for xml in raw.rglob("*.xml"):
+        xml.rename(xml_dir / xml.name)
+    folder = convert_lidc_idri(raw, 21, xml_dir=tmp_path / "tcia-lidc-xml", progress=False)
+    for number in (1, 2):
+        np.testing.assert_array_equal(_array(folder / "labelsTr" / f"LIDC-IDRI-{number:04d}.nii.gz"),
+                                      make_case("nodule", number, shape=SHAPE, spacing=SPACING).label)
