@@ -2,4 +2,4 @@
 
 from .ncovsegnet import NCoVSegNet  # noqa: E402,F401
 from .selective_fusion import SelectiveFusion  # noqa: E402,F401
-from .hybrid_encoder_unet import HybridEncoderUNet  # noqa: E402,F401
+from .hybrid_encoder_unet import HybridEncoderUNet, HybridResidualEncoderUNet  # noqa: E402,F401
