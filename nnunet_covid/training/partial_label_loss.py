@@ -71,13 +71,11 @@ class MarginalDiceCELoss(nn.Module):
         intersect = (probs * onehot).sum(axes) * weight
         sum_pred = probs.sum(axes) * weight
         sum_gt = onehot.sum(axes) * weight
-        if self.batch_dice:
-            if self.ddp:
-                intersect, sum_pred, sum_gt, weight = (AllGatherGrad.apply(t) for t in (intersect, sum_pred, sum_gt,
-                                                                                      weight))
-                intersect, sum_pred, sum_gt, weight = (t.reshape(-1, t.shape[-1]) for t in (intersect, sum_pred,
-                                                                                           sum_gt, weight))
+        if self.batch_dice:  # sums over the cases annotating each label (and over DDP workers, like nnU-Net)
             intersect, sum_pred, sum_gt, weight = intersect.sum(0), sum_pred.sum(0), sum_gt.sum(0), weight.sum(0)
+            if self.ddp:
+                intersect, sum_pred, sum_gt, weight = (AllGatherGrad.apply(t).sum(0) for t in (intersect, sum_pred,
+                                                                                             sum_gt, weight))
         dc = (2 * intersect + self.smooth) / torch.clip(sum_gt + sum_pred + self.smooth, 1e-8)
         valid = weight > 0
         if not valid.any():
