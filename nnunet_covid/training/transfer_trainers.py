@@ -16,6 +16,11 @@ or the documented convention).
 
 ``<Trainer>_5epochs`` and ``<Trainer>_tiny`` (1 epoch of 2 iterations, 1 validation iteration) are
 the usual short variants.
+
+DDP (``-num_gpus N``): parameters are frozen before nnU-Net wraps the network in DDP (DDP ignores
+them), every rank loads the same checkpoint into its unwrapped module, the schedules are
+deterministic per epoch, and only rank 0 writes ``pretrained_source.json``. Written for DDP, not
+run on several GPUs (no GPU was available when this was built).
 """
 from __future__ import annotations
 
