@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_covid.training.structure_loss import StructureLoss, structure_pixel_weights
+from nnunet_covid.training.structure_loss import DeepSupervisedStructureLoss, StructureLoss, structure_pixel_weights
 
 torch.set_num_threads(1)
 
@@ -123,3 +123,16 @@ def test_saturated_logits_give_finite_loss_and_gradients():
     value.backward()
     assert torch.isfinite(value) and value.item() > 50
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_deep_supervised_loss_is_the_sum_over_heads():
+    rng = np.random.default_rng(5)
+    labels = torch.from_numpy(blob_labels(rng, (2, 32, 32), 3))[:, None].float()
+    heads = [torch.from_numpy(rng.normal(0, 2, size=(2, 3, 32, 32))).float() for _ in range(4)]
+    single = StructureLoss()
+    expected = sum(single(h, labels) for h in heads)
+    # nnU-Net hands one (here identical, full-resolution) target per head
+    summed = DeepSupervisedStructureLoss()(heads, [labels.clone() for _ in heads])
+    assert summed.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="full-resolution target"):
+        DeepSupervisedStructureLoss()(heads, [labels] + [labels[..., ::2, ::2]] * 3)

@@ -24,7 +24,6 @@ import math
 import warnings
 
 import torch
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -34,10 +33,10 @@ from torch.optim.lr_scheduler import _LRScheduler
 from nnunet_covid.architectures.ncovsegnet import OUTPUT_STRIDE, NCoVSegNet
 from nnunet_covid.training.imagenet_weights import (IMAGENET_WEIGHTS_ENV, imagenet_weights_path,
                                                     load_imagenet_resnet_weights)
-from nnunet_covid.training.structure_loss import StructureLoss
+from nnunet_covid.training.structure_loss import DeepSupervisedStructureLoss, StructureLoss
 
 __all__ = ["NCoVSegNetTrainer", "NCoVSegNetTrainerFinetune", "NCoVSegNetTrainer_5epochs",
-           "NCoVSegNetTrainer_tiny"]
+           "NCoVSegNetTrainerSmall"]
 
 NUM_HEADS = 4
 
@@ -106,16 +105,16 @@ class NCoVSegNetTrainer(nnUNetTrainer):
         self._load_imagenet_encoder()
 
     def _load_imagenet_encoder(self) -> None:
+        if self.network_kwargs:
+            self.print_to_log_file(f"{self.__class__.__name__}: scaled-down encoder, random initialisation "
+                                   f"(ImageNet ResNet50 weights do not fit it; {IMAGENET_WEIGHTS_ENV} is not used)")
+            return
         path = imagenet_weights_path()
         if path is None:
             message = (f"{IMAGENET_WEIGHTS_ENV} is not set: the nCoVSegNet encoder starts from random "
                        "initialisation (no ImageNet weights; set it to a local torchvision/timm ResNet50 file)")
             warnings.warn(message, stacklevel=2)
             self.print_to_log_file("WARNING: " + message)
-            return
-        if self.network_kwargs:
-            self.print_to_log_file(f"{IMAGENET_WEIGHTS_ENV} ignored: {self.__class__.__name__} uses a scaled-down "
-                                   "encoder that ImageNet ResNet50 weights do not fit")
             return
         network = self.network.module if self.is_ddp else self.network
         if isinstance(network, OptimizedModule):
@@ -127,10 +126,8 @@ class NCoVSegNetTrainer(nnUNetTrainer):
         return [[1.0, 1.0]] * NUM_HEADS if self.enable_deep_supervision else None
 
     def _build_loss(self):
-        loss = StructureLoss(use_regions=self.label_manager.has_regions, ignore_label=self.label_manager.ignore_label)
-        if self.enable_deep_supervision:
-            loss = DeepSupervisionWrapper(loss, [1.0] * NUM_HEADS)  # Eq. 5: plain sum over heads
-        return loss
+        loss_class = DeepSupervisedStructureLoss if self.enable_deep_supervision else StructureLoss
+        return loss_class(use_regions=self.label_manager.has_regions, ignore_label=self.label_manager.ignore_label)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
@@ -156,10 +153,11 @@ class NCoVSegNetTrainer_5epochs(NCoVSegNetTrainer):
         self.num_epochs = 5
 
 
-class NCoVSegNetTrainer_tiny(NCoVSegNetTrainer):
-    """Scaled-down nCoVSegNet for CPU demos and tests: one bottleneck per stage, widths 8-64
-    (stage outputs 32-256 channels), lr 1e-3 (random init), 5 epochs of 20 iterations.
-    Same modules, loss and pipeline as the paper trainer; not meant for real results."""
+class NCoVSegNetTrainerSmall(NCoVSegNetTrainer):
+    """Scaled-down nCoVSegNet for CPU demos and tests: one bottleneck per stage, bottleneck widths
+    8-64 (stage outputs 32-256 channels, 2 M parameters instead of 146 M), lr 1e-3 (it starts from
+    random weights), 5 epochs of 20 iterations. Same modules, loss and data pipeline as the paper
+    trainer; not meant for real results."""
 
     network_kwargs = dict(encoder_depths=(1, 1, 1, 1), encoder_widths=(8, 16, 32, 64), stem_width=16)
 

@@ -6,10 +6,10 @@ window mean is an average pool with zero padding counted in the denominator (F3N
 Per image and class (Eq. 8):
     L_wBCE  = sum(w * BCE(p, g)) / sum(w)
     L_wDice = 1 - (2 * sum(w * p * g) + 1) / (sum(w * (p + g)) + 1)
-and the loss is the mean of L_wBCE + L_wDice over images and scored classes. Summing over the
-four deep-supervision heads (Eq. 5) is done by nnU-Net's ``DeepSupervisionWrapper`` with unit
-weights. Unlike the released code (whose BCE call passes the legacy ``reduce='none'`` flag and
-therefore returns the unweighted mean), the pixel weights really enter the BCE term.
+and the loss is the mean of L_wBCE + L_wDice over images and scored classes; the sum over the
+four deep-supervision heads (Eq. 5) is ``DeepSupervisedStructureLoss``. Unlike the released code
+(whose BCE call passes the legacy ``reduce='none'`` flag and therefore returns the unweighted
+mean), the pixel weights really enter the BCE term.
 
 Classes. The paper is binary with one sigmoid output. nnU-Net label training gives C >= 2
 softmax channels; the loss is applied one-vs-rest to the softmax probability of every
@@ -20,13 +20,13 @@ loss per region. Pixels with nnU-Net's ignore label get weight 0 in both terms.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StructureLoss", "structure_pixel_weights", "weighted_bce_dice"]
+__all__ = ["StructureLoss", "DeepSupervisedStructureLoss", "structure_pixel_weights", "weighted_bce_dice"]
 
 
 def structure_pixel_weights(target: torch.Tensor, kernel_size: int = 31, weight_factor: float = 5.0) -> torch.Tensor:
@@ -80,26 +80,51 @@ class StructureLoss(nn.Module):
         self.kernel_size = kernel_size
         self.weight_factor = weight_factor
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+    def scored_target(self, target: torch.Tensor, num_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(binary target per scored class, pixel weights) from nnU-Net's target; ignored pixels get weight 0."""
+        valid = None
         if self.use_regions:
-            valid = None
             if self.ignore_label is not None:
-                valid = (1 - target[:, -1:].float())
+                valid = 1 - target[:, -1:].float()
                 target = target[:, :-1]
             target = target.float()
-            log_p, log_1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
         else:
             labels = target[:, 0].long()
-            valid = None
             if self.ignore_label is not None:
                 is_valid = labels != self.ignore_label
                 valid = is_valid[:, None].float()
                 labels = torch.where(is_valid, labels, 0)
-            target = torch.stack([labels == c for c in range(1, logits.shape[1])], dim=1).float()
-            log_p, log_1mp = _softmax_foreground_log_probs(logits)
+            target = torch.stack([labels == c for c in range(1, num_channels)], dim=1).float()
         weights = structure_pixel_weights(target, self.kernel_size, self.weight_factor)
         if valid is not None:
             weights = weights * valid
             target = target * valid
+        return target, weights
+
+    def head_loss(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 for one head, given ``scored_target``'s output."""
+        logits = logits.float()
+        if self.use_regions:
+            log_p, log_1mp = F.logsigmoid(logits), F.logsigmoid(-logits)
+        else:
+            log_p, log_1mp = _softmax_foreground_log_probs(logits)
         return weighted_bce_dice(log_p, log_1mp, target, weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.head_loss(logits, *self.scored_target(target, logits.shape[1]))
+
+
+class DeepSupervisedStructureLoss(StructureLoss):
+    """Eq. 5: the sum of the structure loss over all heads, every head at the target's resolution.
+
+    nnU-Net hands one target per head; nCoVSegNet's heads are all upsampled to the input size, so
+    the targets are identical and the one-hot targets and pixel weights are computed once.
+    """
+
+    def forward(self, outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(outputs) != len(targets) or any(t.shape != targets[0].shape or o.shape[2:] != targets[0].shape[2:]
+                                               for o, t in zip(outputs, targets)):
+            raise ValueError("every head needs a full-resolution target: got outputs "
+                             f"{[tuple(o.shape) for o in outputs]} and targets {[tuple(t.shape) for t in targets]}")
+        target, weights = self.scored_target(targets[0], outputs[0].shape[1])
+        return sum(self.head_loss(o, target, weights) for o in outputs)
