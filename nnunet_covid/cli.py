@@ -11,6 +11,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("nnunet_covid.demo", "run the synthetic end-to-end demo (pre-train, transfer, predict, evaluate)"),
     "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
     "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
     "uncrop": ("dataset_conversion.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),

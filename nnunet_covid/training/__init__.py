@@ -15,3 +15,7 @@ __all__ += _transfer_trainers + _multilesion_trainers
 from .hybrid_encoder_trainer import *  # noqa: E402,F401,F403
 from .hybrid_encoder_trainer import __all__ as _hybrid_encoder_trainers  # noqa: E402
 __all__ += _hybrid_encoder_trainers
+
+from .demo_variants import *  # noqa: E402,F401,F403
+from .demo_variants import __all__ as _demo_variants  # noqa: E402
+__all__ += _demo_variants
