@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from nnunet_covid.atomic_io import atomic_write_json
+
 NIFTI = ".nii.gz"
 PNG = ".png"
 SUBSETS = ("Tr", "Ts")
@@ -129,20 +131,6 @@ def case_done(dataset_dir: Path, case_id: str, subset: str = "Tr", file_ending: 
     return label_ok and all(p.is_file() for p in images)
 
 
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write JSON to ``path`` atomically (see :func:`atomic_write_text`)."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False), path)
-
-
 def atomic_write_image(image, path: Path, partial: Path | None = None) -> None:
     """Write a SimpleITK image to ``path`` via a same-named file in ``partial`` (default ``<folder>/.partial``),
     then rename: a crash never leaves a truncated image where nnU-Net looks for cases."""
@@ -209,7 +197,7 @@ def write_case(dataset_dir: Path, case_id: str, images: Sequence[Any], label=Non
               "info": info or {}}
     if crop_box is not None:
         record["crop_box"] = crop_box
-    atomic_write_json(record, case_record_path(dataset_dir, case_id))
+    atomic_write_json(case_record_path(dataset_dir, case_id), record)
     return record
 
 
@@ -319,10 +307,10 @@ def finish_dataset(dataset_dir: Path, channel_names: Mapping[int, str], labels: 
     if splits is not None:
         known = set(train_ids)
         kept = [{k: [c for c in fold[k] if c in known] for k in ("train", "val")} for fold in splits]
-        atomic_write_json(kept, dataset_dir / "splits_final.json")
+        atomic_write_json(dataset_dir / "splits_final.json", kept)
     boxes = {r["case_id"]: r["crop_box"] for r in records if "crop_box" in r}
     if boxes:
-        atomic_write_json(boxes, dataset_dir / CROP_BOXES_FILE)
+        atomic_write_json(dataset_dir / CROP_BOXES_FILE, boxes)
     shutil.rmtree(partial, ignore_errors=True)  # also leftovers of interrupted runs
     if summary is not None and summary.failed:
         raise ConversionError(f"{dataset_dir.name}: {len(summary.failed)} case(s) failed, the others were written "

@@ -14,7 +14,8 @@ import csv
 import io
 from pathlib import Path
 
-from dataset_conversion.common import (CaseData, CaseJob, ConversionError, atomic_write_text, dataset_folder,
+from nnunet_covid.atomic_io import atomic_write_text
+from dataset_conversion.common import (CaseData, CaseJob, ConversionError, dataset_folder,
                                        finish_dataset, run_cases)
 
 CLI_NAME = "lidc-idri"
@@ -145,7 +146,7 @@ def convert_lidc_idri(input_dir: str | Path, dataset_id: int, name: str = DEFAUL
     for case_id in summary.converted:
         for warning in summary.results[case_id].get("warnings", []):
             print(f"warning: {warning}")
-    atomic_write_text(nodule_table(summary.results), folder / NODULE_CSV)
+    atomic_write_text(folder / NODULE_CSV, nodule_table(summary.results))
     return finish_dataset(folder, {0: "CT"}, LABELS, summary, reference="Armato et al., Med Phys 2011; TCIA LIDC-IDRI",
                           license="CC BY 3.0 (TCIA LIDC-IDRI)",
                           description=f"LIDC-IDRI nodules, {consensus_level:g} consensus, >= {min_readers} reader(s)")

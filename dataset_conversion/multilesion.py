@@ -132,7 +132,7 @@ def write_case_sources(folder: Path, file_ending: str) -> dict:
         record = json.loads(record_file.read_text())
         if case_done(folder, record["case_id"], "Tr", file_ending):
             case_sources[record["case_id"]] = {k: record["info"][k] for k in ("source", "dataset", "annotated_labels")}
-    atomic_write_json(case_sources, folder / CASE_SOURCES_FILE)
+    atomic_write_json(folder / CASE_SOURCES_FILE, case_sources)
     return case_sources
 
 

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nnunet_covid.atomic_io import atomic_write_json, atomic_write_text
+
 DEMO_PLANS = "nnUNetDemoPlans"
 
 
@@ -301,9 +303,7 @@ def write_reduced_width_plans(source: Path, target: Path, width_divisor: int) ->
         kwargs = configuration.get("architecture", {}).get("arch_kwargs")
         if kwargs and "features_per_stage" in kwargs:
             kwargs["features_per_stage"] = [max(4, f // width_divisor) for f in kwargs["features_per_stage"]]
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plans, indent=2))
-    os.replace(tmp, target)
+    atomic_write_json(target, plans)
 
 
 def seconds_per_epoch(fold_dir: Path) -> float | None:
@@ -326,11 +326,8 @@ def write_table(rows: list[dict], out_dir: Path, total_seconds: float) -> None:
     markdown = "\n".join(lines)
     note = (f"\nSynthetic data, short CPU schedules: the numbers show the pipeline works end to end, not the "
             f"papers' results. Total demo time {total_seconds / 60:.1f} min.\n")
-    for name, text in (("demo_results.md", "# nnunet_covid demo\n\n" + markdown + "\n" + note),
-                       ("demo_results.json", json.dumps({"rows": rows, "total_seconds": total_seconds}, indent=2))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+    atomic_write_text(out_dir / "demo_results.md", "# nnunet_covid demo\n\n" + markdown + "\n" + note)
+    atomic_write_json(out_dir / "demo_results.json", {"rows": rows, "total_seconds": total_seconds})
     print("\n" + markdown + note + f"Written to {out_dir / 'demo_results.md'} and {out_dir / 'demo_results.json'}")
 
 

@@ -13,13 +13,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from nnunet_covid.atomic_io import atomic_write_text
 from nnunet_covid.evaluation.metrics import METRIC_NAMES, compute_metrics
 from nnunet_covid.evaluation.segmentation_io import (
     EvaluationError,
@@ -106,15 +106,6 @@ def _json_safe(value):
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def csv_text(rows: list[dict], columns: Sequence[str]) -> str:

@@ -28,7 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
-from nnunet_covid.evaluation.evaluate import atomic_write_text, csv_text
+from nnunet_covid.atomic_io import atomic_write_text
+from nnunet_covid.evaluation.evaluate import csv_text
 from nnunet_covid.evaluation.metrics import METRIC_NAMES
 from nnunet_covid.evaluation.segmentation_io import EvaluationError
 from nnunet_covid.evaluation.study import MANIFEST

@@ -245,7 +245,7 @@ def write_manifest(study: dict, study_dir: Path, runs: list[Run]) -> Path:
         "runs": [{"label": r.label, "strategy": r.strategy, "source": r.source, "trainer": r.trainer,
                   "folds": {str(k): v for k, v in r.folds.items()}} for r in runs],
     }
-    from nnunet_covid.evaluation.evaluate import atomic_write_text
+    from nnunet_covid.atomic_io import atomic_write_text
 
     path = Path(study_dir) / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2))

@@ -25,7 +25,6 @@ Resumed runs (``--c`` with a checkpoint) and ``--val`` restore their own checkpo
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_covid.atomic_io import atomic_write_json
 from nnunet_covid.training.trainer_config import config_value, load_trainer_config
 
 __all__ = ["PretrainedTransferTrainer"]
@@ -297,8 +297,4 @@ class PretrainedTransferTrainer(nnUNetTrainer):
     def write_provenance(self) -> None:
         if self.local_rank != 0:
             return
-        target = Path(self.output_folder) / PROVENANCE_FILE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(self.provenance(), indent=2))
-        os.replace(tmp, target)
+        atomic_write_json(Path(self.output_folder) / PROVENANCE_FILE, self.provenance())
