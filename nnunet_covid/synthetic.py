@@ -8,7 +8,7 @@ noise. A lesion type is painted into the lungs and recorded in the label map:
 - ``nodule``   solid spherical nodules, 4-12 mm (LIDC-IDRI-like)
 - ``tumour``   one larger lobulated solid mass near the hilum (MSD Task06 / StructSeg GTV-like)
 - ``effusion`` dependent pleural fluid: a posterior layer of each affected lung (NSCLC PleThora-like)
-- ``covid``    peripheral ground-glass patches (label 1) and consolidation (label 2 when
+- ``covid``    large peripheral ground-glass patches (label 1) and consolidation (label 2 when
                ``multiclass``; otherwise all lesion voxels are 1)
 
 The same seed always gives the same case.
@@ -154,10 +154,10 @@ def _paint_covid(image, label, lungs, spacing, rng, multiclass):
     lung = lungs > 0
     # peripheral: far from the mediastinum, close to the pleura
     distance_to_pleura = ndimage.distance_transform_edt(lung, sampling=spacing)
-    periphery = lung & (distance_to_pleura < 25.0)
-    for _ in range(int(rng.integers(2, 5))):
+    periphery = lung & (distance_to_pleura < 30.0)
+    for _ in range(int(rng.integers(3, 6))):
         centre = _random_lung_voxel(lungs, rng, periphery)
-        radius_mm = rng.uniform(15.0, 30.0)
+        radius_mm = rng.uniform(25.0, 45.0)
         radii = np.maximum(_spacing_scaled_radius([radius_mm * 0.7, radius_mm, radius_mm], spacing), 1.5)
         patch = _ellipsoid(image.shape, centre, radii) & lung
         image[patch] = GROUND_GLASS_HU
