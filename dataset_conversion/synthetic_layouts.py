@@ -334,11 +334,11 @@ def write_lidc_xml(path: str | Path, series_uid: str, sop_uids: Sequence[str], z
     header = ET.SubElement(root, "ResponseHeader")
     ET.SubElement(header, "Version").text = "1.8.1"
     ET.SubElement(header, "SeriesInstanceUid").text = series_uid
-    for reader, annotations in enumerate(readers):
+    for reader, reader_annotations in enumerate(readers):
         session = ET.SubElement(root, "readingSession")
         ET.SubElement(session, "annotationVersion").text = "3.12"
         ET.SubElement(session, "servicingRadiologistID").text = f"reader{reader + 1}"
-        for ann in annotations:
+        for ann in reader_annotations:
             nodule = ET.SubElement(session, "unblindedReadNodule")
             ET.SubElement(nodule, "noduleID").text = ann["id"]
             if "point" in ann:

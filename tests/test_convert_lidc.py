@@ -200,8 +200,8 @@ def test_real_lidc_case_agrees_with_pylidc_consensus(tmp_path):
     pl, consensus = _import_pylidc()
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == "LIDC-IDRI-0001").first()
     reference = np.zeros((512, 512, len(scan.slice_zvals)), dtype=bool)  # pylidc: (row, column, slice)
-    for annotations in scan.cluster_annotations(verbose=False):
-        mask, bbox, _ = consensus(annotations, clevel=0.5)
+    for nodule_annotations in scan.cluster_annotations(verbose=False):
+        mask, bbox, _ = consensus(nodule_annotations, clevel=0.5)
         reference[bbox] |= mask
     reference = reference.transpose(2, 0, 1)
     dice = 2 * (label & reference).sum() / (label.sum() + reference.sum())

@@ -32,7 +32,6 @@ def study_dir(tmp_path_factory):
     """Two folds; 'finetune' misses one case in fold 1; 'frozen' equals scratch exactly."""
     root = tmp_path_factory.mktemp("study")
     rng = np.random.default_rng(42)
-    runs = []
     folds = {"0": CASES[:4], "1": CASES[4:]}
     data = {}
     for label, dir_name, shift in (("scratch", "scratch", 0.0), ("finetune[ml]", "finetune__ml", 0.03)):
