@@ -1,11 +1,10 @@
 """Trainer variants for ``nnunet-covid demo`` (nnU-Net's variant pattern, one tiny subclass each).
 
-``*_demo``: 10 epochs of 12 iterations, enough for the synthetic demo data to show differences
+``*_demo``: 13 epochs of 12 iterations, enough for the synthetic demo data to show differences
 between strategies on 2 CPU cores. Like the ``*_tiny`` variants (used by ``demo --quick``), they
 skip the fold's final validation right after training because the demo predicts the held-out
 cases with ``nnUNetv2_predict``; ``nnUNetv2_train ... --val`` still runs it.
 """
-import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_covid.training.hybrid_encoder_trainer import HybridEncoderTrainer
@@ -21,14 +20,9 @@ __all__ = ["nnUNetTrainer_tiny", "nnUNetTrainer_demo", "MultiLesionPretrainTrain
 
 
 class DemoSchedule(Tiny):
-    """10 epochs of 12 training and 2 validation iterations; no final validation right after training."""
+    """13 epochs of 12 training and 2 validation iterations; no final validation right after training."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 10
-        self.num_iterations_per_epoch = 12
-        self.num_val_iterations_per_epoch = 2
+    schedule = (13, 12, 2)
 
 
 class nnUNetTrainer_tiny(Tiny, nnUNetTrainer):

@@ -21,12 +21,12 @@ class Tiny:
     ``nnUNetv2_predict`` instead); ``nnUNetv2_train ... --val`` still runs it.
     """
 
+    schedule = (1, 2, 1)  # epochs, training iterations per epoch, validation iterations per epoch
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
 
     def on_train_end(self):
         super().on_train_end()
