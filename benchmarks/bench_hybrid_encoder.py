@@ -129,41 +129,55 @@ def run_worker(args) -> None:
     print(json.dumps(measure_trainer(args.worker, Path(args.worker_dataset), warmup=args.warmup, steps=args.steps)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every side-by-side trainer benchmark takes."""
     parser.add_argument("--shape", type=int, nargs=3, default=(32, 96, 96), help="synthetic volume shape (z y x)")
     parser.add_argument("--cases", type=int, default=2)
     parser.add_argument("--dataset", type=Path, help="existing preprocessed dataset folder (skips the synthetic one)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-dataset", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return run_worker(args)
 
-    with tempfile.TemporaryDirectory(prefix="bench_hybrid_") as tmp:
+
+def measure_side_by_side(trainers: tuple[str, ...], args: argparse.Namespace) -> dict[str, list[dict]]:
+    """``measure_trainer`` results per trainer: each in a fresh process, the trainers alternating over the rounds."""
+    with tempfile.TemporaryDirectory(prefix="bench_trainers_") as tmp:
         dataset = args.dataset or prepare_dataset(Path(tmp), tuple(args.shape), args.cases)
         env = {**os.environ, "nnUNet_preprocessed": str(dataset.parent), "nnUNet_results": str(Path(tmp) / "results"),
                "nnUNet_compile": "false"}
-        runs: dict[str, list[dict]] = {BASELINE: [], HYBRID: []}
+        runs: dict[str, list[dict]] = {name: [] for name in trainers}
         for _ in range(args.rounds):
-            for name in (BASELINE, HYBRID):
+            for name in trainers:
                 out = subprocess.run([sys.executable, __file__, "--worker", name, "--worker-dataset", str(dataset),
                                       "--warmup", str(args.warmup), "--steps", str(args.steps)],
                                      env=env, capture_output=True, text=True)
                 if out.returncode != 0:
                     sys.exit(f"{name} measurement failed:\n{out.stderr[-3000:]}")
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
 
-    summary = {}
-    for name, results in runs.items():
-        summary[name] = {"step": statistics.median(t for r in results for t in r["step_times"]),
-                         "peak": statistics.median(r["peak_extra_bytes"] for r in results),
-                         "total": statistics.median(r["peak_bytes"] for r in results),
-                         "act": results[0]["activation_bytes"], "params": results[0]["parameters"],
-                         "trainable": results[0]["trainable_parameters"]}
+
+def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per trainer: median step time, median peak extra / total RSS, activation bytes and parameter counts."""
+    return {name: {"step": statistics.median(t for r in results for t in r["step_times"]),
+                   "peak": statistics.median(r["peak_extra_bytes"] for r in results),
+                   "total": statistics.median(r["peak_bytes"] for r in results),
+                   "act": results[0]["activation_bytes"], "params": results[0]["parameters"],
+                   "trainable": results[0]["trainable_parameters"]}
+            for name, results in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_measurement_arguments(parser)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-dataset", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return run_worker(args)
+
+    runs = measure_side_by_side((BASELINE, HYBRID), args)
+    summary = summarise(runs)
     first = runs[BASELINE][0]
     print(f"plans: 3d_fullres, patch {first['patch_size']}, batch {first['batch_size']}, features "
           f"{first['features_per_stage']}; {args.rounds} rounds x {args.steps} timed steps, 1 torch thread\n")

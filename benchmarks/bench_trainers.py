@@ -16,50 +16,22 @@ median of all timed steps, peak memory = extra ``ru_maxrss`` during the steps (m
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hybrid_encoder import prepare_dataset  # noqa: E402
+from bench_hybrid_encoder import BASELINE, add_measurement_arguments, measure_side_by_side, summarise  # noqa: E402
 
-BASELINE = "nnUNetTrainer"
 TRAINERS = (BASELINE, "ContinualLearningTrainer", "BodyFineTuneTrainer", "FrozenEncoderTrainer")
-WORKER = Path(__file__).resolve().parent / "bench_hybrid_encoder.py"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(32, 96, 96), help="synthetic volume shape (z y x)")
-    parser.add_argument("--cases", type=int, default=2)
-    parser.add_argument("--dataset", type=Path, help="existing preprocessed dataset folder (skips the synthetic one)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=4)
+    add_measurement_arguments(parser)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench_trainers_") as tmp:
-        dataset = args.dataset or prepare_dataset(Path(tmp), tuple(args.shape), args.cases)
-        env = {**os.environ, "nnUNet_preprocessed": str(dataset.parent), "nnUNet_results": str(Path(tmp) / "results"),
-               "nnUNet_compile": "false", "OMP_NUM_THREADS": "1"}
-        runs: dict[str, list[dict]] = {name: [] for name in TRAINERS}
-        for _ in range(args.rounds):
-            for name in TRAINERS:
-                out = subprocess.run([sys.executable, str(WORKER), "--worker", name, "--worker-dataset", str(dataset),
-                                      "--warmup", str(args.warmup), "--steps", str(args.steps)],
-                                     env=env, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"{name} measurement failed:\n{out.stderr[-3000:]}")
-                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
-
-    summary = {name: {"step": statistics.median(t for r in results for t in r["step_times"]),
-                      "peak": statistics.median(r["peak_extra_bytes"] for r in results),
-                      "params": results[0]["parameters"], "trainable": results[0]["trainable_parameters"]}
-               for name, results in runs.items()}
+    runs = measure_side_by_side(TRAINERS, args)
+    summary = summarise(runs)
     first = runs[BASELINE][0]
     print(f"plans: 3d_fullres, patch {first['patch_size']}, batch {first['batch_size']}, features "
           f"{first['features_per_stage']}; {args.rounds} rounds x {args.steps} timed steps, 1 torch thread, CPU\n")
