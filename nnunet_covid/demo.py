@@ -361,6 +361,12 @@ def run(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise CLIError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    if args.workdir.exists() and not args.workdir.is_dir():
+        raise CLIError(f"--workdir {args.workdir}: exists and is not a folder")
+    try:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--workdir {args.workdir}: cannot create the folder ({e.strerror})") from None
     try:
         Demo(args.workdir, args.device, preset).run()
     except CommandFailed as e:

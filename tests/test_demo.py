@@ -1,5 +1,6 @@
-"""Demo building blocks: reduced-width plans and the comparison table files."""
+"""Demo building blocks: reduced-width plans, the comparison table files, a bad --workdir."""
 import json
+import subprocess
 
 from nnunet_covid.demo import write_reduced_width_plans, write_table
 
@@ -33,3 +34,13 @@ def test_table_is_written_as_markdown_and_json(tmp_path, capsys):
         in markdown
     assert json.loads((tmp_path / "demo_results.json").read_text())["rows"] == rows
     assert "hybrid encoder" in capsys.readouterr().out
+
+
+def test_demo_names_a_workdir_that_is_not_a_folder(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = subprocess.run(["nnunet-covid", "demo", "--quick", "--workdir", str(blocker)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"--workdir {blocker}" in result.stderr and "Traceback" not in result.stderr
+    assert blocker.read_text() == "not a folder"
