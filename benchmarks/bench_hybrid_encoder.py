@@ -112,8 +112,8 @@ def measure_trainer(trainer_name: str, preprocessed_dataset: Path, configuration
 
 def prepare_dataset(root: Path, shape: tuple[int, ...], cases: int) -> Path:
     """Plan and preprocess a synthetic COVID dataset under ``root`` with the stock CLI; its preprocessed folder."""
-    from nnunet_covid.nnunet_commands import nnunet_environment, nnunet_tool, run_nnunet
-    from nnunet_covid.synthetic import make_case, write_nnunet_dataset
+    from nnunet_covid.core.nnunet_commands import nnunet_environment, nnunet_tool, run_nnunet
+    from nnunet_covid.pipeline.synthetic_ct import make_case, write_nnunet_dataset
 
     env = nnunet_environment(root)
     write_nnunet_dataset(Path(env["nnUNet_raw"]), DATASET_ID, DATASET_NAME,

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nnunet_covid.atomic_io import atomic_write_json
+from nnunet_covid.core.atomic_io import atomic_write_json
+from nnunet_covid.core.errors import ConversionError
 
 NIFTI = ".nii.gz"
 PNG = ".png"
@@ -34,10 +35,6 @@ CASES_DIR = ".cases"
 PARTIAL_DIR = ".partial"
 CROP_BOXES_FILE = "crop_boxes.json"
 GEOMETRY_TOLERANCE = 1e-3  # mm for spacing/origin, absolute for direction cosines
-
-
-class ConversionError(Exception):
-    """A raw case (or dataset) that cannot be converted; the message names the case and the problem."""
 
 
 @dataclass

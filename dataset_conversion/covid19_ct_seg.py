@@ -28,8 +28,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import CaseData, CaseJob, ConversionError, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import check_label_values, check_setting_unchanged, read_image
 
 CLI_NAME = "covid19-ct-seg"
@@ -138,5 +138,4 @@ def add_arguments(parser) -> None:
                         help="which masks to convert (default infection)")
 
 
-def convert_from_args(args) -> Path:
-    return convert_covid19_ct_seg(**common_kwargs(args), target=args.target)
+CONVERT = convert_covid19_ct_seg

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dataset_conversion.common import (PNG, CaseData, CaseJob, ConversionError, dataset_folder, finish_dataset,
-                                       run_cases)
+from dataset_conversion.common import PNG, CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from nnunet_covid.core.errors import ConversionError
 
 CLI_NAME = "covid-semiseg-2d"
 CLI_HELP = "COVID-SemiSeg 2D slices (Imgs/*.jpg, GT/*.png) -> nnU-Net 2D PNG dataset"
@@ -128,7 +128,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert train-multiclass/ (1 ground-glass, 2 consolidation) instead of the binary train/")
 
 
-def convert_from_args(args: argparse.Namespace) -> Path:
-    from dataset_conversion.cli import common_kwargs
-
-    return convert_covid_semiseg_2d(**common_kwargs(args), multiclass=args.multiclass)
+CONVERT = convert_covid_semiseg_2d

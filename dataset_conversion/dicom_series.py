@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 
 SPACING_TOLERANCE = 0.1  # relative deviation of a slice gap from the median gap before it is an error
 

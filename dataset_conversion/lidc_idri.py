@@ -14,9 +14,9 @@ import csv
 import io
 from pathlib import Path
 
-from nnunet_covid.atomic_io import atomic_write_text
-from dataset_conversion.common import (CaseData, CaseJob, ConversionError, dataset_folder,
-                                       finish_dataset, run_cases)
+from nnunet_covid.core.atomic_io import atomic_write_text
+from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from nnunet_covid.core.errors import ConversionError
 
 CLI_NAME = "lidc-idri"
 CLI_HELP = "LIDC-IDRI DICOM series + reader XML -> CT (HU) with consensus nodule masks"
@@ -170,9 +170,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with the LIDC XML files when they are not next to the DICOM slices")
 
 
-def convert_from_args(args: argparse.Namespace) -> Path:
-    from dataset_conversion.cli import common_kwargs
-
-    return convert_lidc_idri(**common_kwargs(args), consensus_level=args.consensus_level,
-                             min_readers=args.min_readers, keep_small_nodules=args.keep_small_nodules,
-                             xml_dir=args.xml_dir)
+CONVERT = convert_lidc_idri

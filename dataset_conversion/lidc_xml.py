@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 
 NS = {"lidc": "http://www.nih.gov"}
 MAX_READERS = 4

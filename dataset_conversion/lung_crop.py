@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 
 DEFAULT_MARGIN_MM = 10.0
 THRESHOLD_HU = -600.0

@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import ConversionError, dataset_folder
+from dataset_conversion.common import dataset_folder
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import check_setting_unchanged, convert_labelled_nifti_cases
 
 CLI_NAME = "mosmed"
@@ -62,10 +62,10 @@ def convert_mosmed(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_
                                         description="MosMedData COVID19_1110 CT-1 infection masks; test split: "
                                                     "random.Random(split_seed).sample(sorted ids, 20%)")
 
+
 def add_arguments(parser) -> None:
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the 80/20 train/test split (default 0: the documented 10 test cases)")
 
 
-def convert_from_args(args) -> Path:
-    return convert_mosmed(**common_kwargs(args), split_seed=args.split_seed)
+CONVERT = convert_mosmed

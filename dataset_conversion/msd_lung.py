@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import NIFTI, ConversionError, dataset_folder
+from dataset_conversion.common import NIFTI, dataset_folder
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
 CLI_NAME = "msd-lung"
@@ -48,9 +48,9 @@ def convert_msd_lung(input_dir, dataset_id: int, name: str = DEFAULT_NAME, outpu
     return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
                                         description="MSD Task06_Lung lung tumour")
 
+
 def add_arguments(parser) -> None:
     """No dataset-specific flags."""
 
 
-def convert_from_args(args) -> Path:
-    return convert_msd_lung(**common_kwargs(args))
+CONVERT = convert_msd_lung

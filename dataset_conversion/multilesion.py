@@ -33,9 +33,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import (CASES_DIR, CaseData, CaseJob, ConversionError, atomic_write_json, case_done,
-                                       dataset_folder, finish_dataset, raw_root, run_cases)
+from dataset_conversion.common import (CASES_DIR, CaseData, CaseJob, case_done, dataset_folder, finish_dataset,
+                                       raw_root, run_cases)
+from nnunet_covid.core.errors import ConversionError
+from nnunet_covid.core.atomic_io import atomic_write_json
 from dataset_conversion.nifti_cases import check_setting_unchanged, read_image
 
 CLI_NAME = "multilesion"
@@ -180,5 +181,4 @@ def add_arguments(parser) -> None:
                         help="union: every lesion = 1 (default); per-source: one label value per source")
 
 
-def convert_from_args(args) -> Path:
-    return convert_multilesion(**common_kwargs(args), sources=args.sources, labels=args.labels)
+CONVERT = convert_multilesion

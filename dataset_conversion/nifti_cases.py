@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from dataset_conversion.common import CASES_DIR, CaseData, CaseJob, ConversionError, finish_dataset, run_cases
+from dataset_conversion.common import CASES_DIR, CaseData, CaseJob, finish_dataset, run_cases
+from nnunet_covid.core.errors import ConversionError
 
 
 def read_image(path: str | Path, case_id: str, what: str = "image"):

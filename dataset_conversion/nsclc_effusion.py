@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import CaseData, CaseJob, ConversionError, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import check_setting_unchanged, read_image
 
 CLI_NAME = "nsclc-effusion"
@@ -167,5 +167,4 @@ def add_arguments(parser) -> None:
                         help="NSCLC-Radiomics DICOM folder holding LUNG1-XXX/ (default: <input>/NSCLC-Radiomics)")
 
 
-def convert_from_args(args) -> Path:
-    return convert_nsclc_effusion(**common_kwargs(args), reviewer=args.reviewer, ct_root=args.ct_root)
+CONVERT = convert_nsclc_effusion

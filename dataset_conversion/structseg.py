@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.cli import common_kwargs
-from dataset_conversion.common import ConversionError, dataset_folder
+from dataset_conversion.common import dataset_folder
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
 CLI_NAME = "structseg-lung-gtv"
@@ -38,9 +38,9 @@ def convert_structseg_lung_gtv(input_dir, dataset_id: int, name: str = DEFAULT_N
     return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
                                         description="StructSeg 2019 lung gross tumour volume")
 
+
 def add_arguments(parser) -> None:
     """No dataset-specific flags."""
 
 
-def convert_from_args(args) -> Path:
-    return convert_structseg_lung_gtv(**common_kwargs(args))
+CONVERT = convert_structseg_lung_gtv

@@ -1,23 +1,24 @@
 """Paste predictions made on a lung-cropped dataset back into the original image geometry.
 
-Usage: ``nnunet-covid uncrop --pred PRED_DIR --raw-dataset $nnUNet_raw/DatasetNNN_Name -o OUT_DIR``.
+Command: ``nnunet-covid uncrop --pred PRED_DIR --raw-dataset $nnUNet_raw/DatasetNNN_Name -o OUT_DIR``.
 Every ``<case><file_ending>`` in PRED_DIR is looked up in the dataset's ``crop_boxes.json`` (written
 by ``nnunet-covid convert ... --crop-lung``) and written to OUT_DIR on the original grid, zero
 outside the crop box. Files nnU-Net writes next to predictions (JSON) are ignored.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from nnunet_covid.core.errors import ConversionError
 
 
 def uncrop_folder(pred_dir: str | Path, raw_dataset: str | Path, out_dir: str | Path) -> list[Path]:
     """Uncrop every prediction in ``pred_dir``; returns the written files."""
-    from dataset_conversion.common import (CROP_BOXES_FILE, NIFTI, PARTIAL_DIR, ConversionError,
-                                           atomic_write_image)
-    from dataset_conversion.lung_crop import uncrop
     import SimpleITK as sitk
+
+    from dataset_conversion.common import CROP_BOXES_FILE, NIFTI, PARTIAL_DIR, atomic_write_image
+    from dataset_conversion.lung_crop import uncrop
 
     pred_dir, raw_dataset, out_dir = Path(pred_dir), Path(raw_dataset), Path(out_dir)
     boxes_file = raw_dataset / CROP_BOXES_FILE
@@ -48,21 +49,3 @@ def uncrop_folder(pred_dir: str | Path, raw_dataset: str | Path, out_dir: str | 
         partial.rmdir()
     return written
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", required=True, type=Path, help="folder of predictions on the cropped images")
-    parser.add_argument("--raw-dataset", required=True, type=Path,
-                        help="the cropped raw dataset folder (holds crop_boxes.json)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder for the uncropped predictions")
-
-
-def run(args: argparse.Namespace) -> int:
-    from dataset_conversion.common import ConversionError
-    from nnunet_covid.cli import CLIError
-
-    try:
-        written = uncrop_folder(args.pred, args.raw_dataset, args.output)
-    except ConversionError as e:
-        raise CLIError(str(e)) from None
-    print(f"wrote {len(written)} uncropped prediction(s) to {args.output}")
-    return 0

@@ -69,7 +69,7 @@ class PretrainedSetup:
 
 
 def _write_synthetic(raw: Path, dataset_id: int, name: str, lesion: str, n: int, seed: int) -> Path:
-    from nnunet_covid.synthetic import make_case, write_nnunet_dataset
+    from nnunet_covid.pipeline.synthetic_ct import make_case, write_nnunet_dataset
 
     cases = [make_case(lesion, seed + i, shape=SHAPE, spacing=SPACING) for i in range(n)]
     return write_nnunet_dataset(raw, dataset_id, name, cases)
@@ -78,10 +78,11 @@ def _write_synthetic(raw: Path, dataset_id: int, name: str, lesion: str, n: int,
 @pytest.fixture(scope="session")
 def pretrained_setup(tmp_path_factory) -> PretrainedSetup:
     from dataset_conversion.multilesion import convert_multilesion
-    from nnunet_covid.nnunet_commands import nnunet_environment, nnunet_tool, run_nnunet
+    from nnunet_covid.core.nnunet_commands import nnunet_environment, nnunet_tool, run_nnunet
 
     root = tmp_path_factory.mktemp("pretrained_setup")
-    env = nnunet_environment(root, {"OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"})
+    env = nnunet_environment(root, "cpu", {"OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1",
+                                            "nnUNet_compile": "false"})
     raw = Path(env["nnUNet_raw"])
 
     def run(tool: str, *args, log: str, extra_env: dict[str, str] | None = None) -> float:

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion.common import (CaseData, CaseJob, ConversionError, case_done, dataset_folder, finish_dataset,
-                                       run_cases, write_case)
+from dataset_conversion.common import (CaseData, CaseJob, case_done, dataset_folder, finish_dataset, run_cases,
+                                       write_case)
+from nnunet_covid.core.errors import ConversionError
 from nnunet_covid.cli import main
 from nnunet_integrity import verify_with_nnunet
 
@@ -106,7 +107,7 @@ def test_finish_dataset_without_any_case_is_an_error(tmp_path):
 
 
 def test_convert_cli_lists_converters_and_validates_common_flags(tmp_path, capsys, monkeypatch):
-    from dataset_conversion.cli import CONVERTER_MODULES
+    from dataset_conversion import CONVERTER_MODULES
 
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "--help"])

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dataset_conversion.covid_semiseg_2d import convert_covid_semiseg_2d
-from dataset_conversion.synthetic_layouts import write_covid_semiseg_2d_layout
+from nnunet_covid.pipeline.demo_data import write_covid_semiseg_2d_layout
 from nnunet_covid.cli import main
 from nnunet_integrity import verify_with_nnunet
 

@@ -15,12 +15,12 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.dicom_series import read_dicom_series
 from dataset_conversion.lidc_idri import convert_lidc_idri
-from dataset_conversion.synthetic_layouts import write_lidc_case, write_lidc_layout, write_lidc_xml
+from raw_layouts import write_lidc_case, write_lidc_layout, write_lidc_xml
 from nnunet_covid.cli import main
-from nnunet_covid.synthetic import make_case
+from nnunet_covid.pipeline.synthetic_ct import make_case
 from nnunet_integrity import verify_with_nnunet
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion import synthetic_layouts as layouts
-from dataset_conversion.common import ConversionError
+from nnunet_covid.pipeline import demo_data as layouts
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.msd_lung import convert_msd_lung
 from dataset_conversion.multilesion import convert_multilesion, load_sources
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion import synthetic_layouts as layouts
-from dataset_conversion.common import ConversionError
+from nnunet_covid.pipeline import demo_data as layouts
+from raw_layouts import write_mosmed_layout
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.covid19_ct_seg import BENCHMARK_FOLDS, convert_covid19_ct_seg
 from dataset_conversion.mosmed import convert_mosmed, held_out_case_ids
 from dataset_conversion.structseg import convert_structseg_lung_gtv
@@ -31,7 +32,7 @@ def raw_layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     return {"msd": layouts.write_msd_lung_layout(root, n_cases=3, seed=1),
             "structseg": layouts.write_structseg_layout(root, n_cases=3, seed=2),
-            "mosmed": layouts.write_mosmed_layout(root, n_cases=5, seed=3),
+            "mosmed": write_mosmed_layout(root, n_cases=5, seed=3),
             "covid": layouts.write_covid19_ct_seg_layout(root, seed=4)}
 
 

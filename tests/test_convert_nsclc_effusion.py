@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
-from dataset_conversion.synthetic_layouts import write_nsclc_effusion_layout
+from nnunet_covid.pipeline.demo_data import write_nsclc_effusion_layout
 from nnunet_covid.cli import main
 from nnunet_integrity import verify_with_nnunet
 

@@ -1,23 +1,26 @@
-"""Demo building blocks: reduced-width plans, the comparison table files, a bad --workdir."""
+"""Demo building blocks: its study grids, the comparison table files, a bad --workdir."""
 import json
 import subprocess
 
-from nnunet_covid.demo import write_reduced_width_plans, write_table
+from nnunet_covid.pipeline.demo import write_table
+from nnunet_covid.pipeline.study import load_study
+from nnunet_covid.training.trainer_config import trainer_configs_dir
 
 
-def test_reduced_width_plans_divide_features_and_keep_the_data(tmp_path):
-    plans = {"plans_name": "nnUNetPlans", "configurations": {
-        "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres",
-                       "architecture": {"arch_kwargs": {"features_per_stage": [32, 64, 128, 256, 320]}}},
-        "3d_cascade_fullres": {"inherits_from": "3d_fullres"}}}
-    (tmp_path / "nnUNetPlans.json").write_text(json.dumps(plans))
-    write_reduced_width_plans(tmp_path / "nnUNetPlans.json", tmp_path / "nnUNetDemoPlans.json", 8)
-    demo = json.loads((tmp_path / "nnUNetDemoPlans.json").read_text())
-    assert demo["plans_name"] == "nnUNetDemoPlans"
-    config = demo["configurations"]["3d_fullres"]
-    assert config["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16, 32, 40]
-    assert config["data_identifier"] == "nnUNetPlans_3d_fullres"
-    assert not list(tmp_path.glob("*.tmp"))
+def test_demo_grids_are_studies_and_quick_uses_the_tiny_variants(tmp_path):
+    from nnunet_covid.pipeline.demo import GRIDS, PRESETS, Demo
+
+    demo = Demo(tmp_path, "cpu", PRESETS["quick"])
+    for name in GRIDS:
+        shipped = load_study(trainer_configs_dir() / f"{name}.json")
+        written = load_study(demo.grid(name))
+        assert written["name"] == shipped["name"] and written["prepare"]
+        trainers = [s["trainer"] for s in written["strategies"]]
+        trainers += [s["trainer"] for s in written.get("pretrained_sources", {}).values()]
+        assert trainers and all(t.endswith("_tiny") for t in trainers)
+        assert all(t.endswith("_demo") for t in [s["trainer"] for s in shipped["strategies"]])
+        import nnunet_covid.training as training
+        assert all(hasattr(training, t) for t in trainers)
 
 
 def test_table_is_written_as_markdown_and_json(tmp_path, capsys):

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 
 import nnunet_covid.training as training
-from nnunet_covid.ext_path import ext_trainer_dir
+from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 
-TRAINERS_NAMED_BY_THE_ISSUES = [
+PRODUCT_TRAINERS = [
     "MultiLesionPretrainTrainer", "MultiLesionPartialLabelTrainer", "ContinualLearningTrainer",
     "BodyFineTuneTrainer", "FrozenEncoderTrainer", "HybridEncoderTrainer", "NCoVSegNetTrainer",
 ]
 
 
 def test_every_named_trainer_is_exported():
-    missing = [name for name in TRAINERS_NAMED_BY_THE_ISSUES if name not in training.__all__]
+    missing = [name for name in PRODUCT_TRAINERS if name not in training.__all__]
     assert not missing, f"not exported from nnunet_covid.training: {missing}"
 
 

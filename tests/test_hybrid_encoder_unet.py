@@ -7,7 +7,7 @@ from torch import nn
 from nnunet_covid.architectures.hybrid_encoder_unet import (HybridEncoderUNet, HybridResidualEncoderUNet,
                                                             hybrid_state_from_plain_unet)
 from nnunet_covid.training.hybrid_encoder_trainer import load_plain_unet_into_hybrid
-from nnunet_covid.training.pretrained_weights import PretrainedWeightsError
+from nnunet_covid.core.errors import CheckpointError
 
 torch.set_num_threads(1)
 
@@ -136,7 +136,7 @@ def test_other_label_count_reinitialises_only_the_segmentation_heads():
 def test_incompatible_checkpoint_lists_every_problem_in_one_error():
     plain_state = fresh(PlainConvUNet, **plans_kwargs(features=(8, 16, 24))).state_dict()
     del plain_state["encoder.stages.0.0.convs.0.conv.weight"]
-    with pytest.raises(PretrainedWeightsError) as error:
+    with pytest.raises(CheckpointError) as error:
         load_plain_unet_into_hybrid(fresh(HybridEncoderUNet, **plans_kwargs()), plain_state)
     message = str(error.value)
     assert "missing in checkpoint: adapted_encoder.stages.0.0.convs.0.conv.weight" in message

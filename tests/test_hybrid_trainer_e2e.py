@@ -76,7 +76,7 @@ def test_predict_rebuilds_the_hybrid_network(pretrained_setup, trained_fold, tmp
 
 
 def test_convention_checkpoint_and_optimizer_steps_in_process(pretrained_setup, monkeypatch, tmp_path):
-    """Without the flag the convention checkpoint fills the plain network, which becomes the hybrid one; the
+    """Without the flag the convention checkpoint is mapped onto the hybrid network built by ``initialize()``; the
     trainer's own optimizer then leaves the adapted encoder bitwise unchanged and moves everything else."""
     from nnunet_covid.architectures import HybridEncoderUNet
     from nnunet_covid.training import HybridEncoderTrainer_tiny
@@ -91,10 +91,11 @@ def test_convention_checkpoint_and_optimizer_steps_in_process(pretrained_setup, 
     trainer = HybridEncoderTrainer_tiny(plans, s.configuration, 0, json.loads((preprocessed / "dataset.json").read_text()),
                                         torch.device("cpu"))
     trainer.initialize()
-    assert type(trainer.network).__name__ == "PlainConvUNet"  # the stock loader's target
+    assert isinstance(trainer.unwrapped_network, HybridEncoderUNet)  # built once, never replaced
+    built = trainer.unwrapped_network
     trainer.ensure_pretrained_weights()
     network = trainer.network
-    assert isinstance(network, HybridEncoderUNet)
+    assert network is built
     pretrained = load_weights(s.checkpoint)
     assert_adapted_encoder_is_pretrained(network.state_dict(), pretrained)
     assert torch.equal(network.decoder.stages[0].convs[0].conv.weight, pretrained["decoder.stages.0.convs.0.conv.weight"])

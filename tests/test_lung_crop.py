@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion.common import ConversionError
+from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.lung_crop import bounding_box, crop_to_lungs, lung_mask, uncrop
-from dataset_conversion.synthetic_layouts import write_lidc_layout
+from raw_layouts import write_lidc_layout
 from nnunet_covid.cli import main
-from nnunet_covid.synthetic import default_spacing, make_case
+from nnunet_covid.pipeline.synthetic_ct import default_spacing, make_case
 from nnunet_integrity import verify_with_nnunet
 
 SHAPE = (24, 64, 64)

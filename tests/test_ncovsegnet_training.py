@@ -15,7 +15,7 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_covid.ext_path import ext_trainer_dir
+from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 from nnunet_covid.training import (NCoVSegNetTrainer, NCoVSegNetTrainerSmall, NCoVSegNetTrainerFinetune)
 from nnunet_covid.training.imagenet_weights import IMAGENET_WEIGHTS_ENV
 

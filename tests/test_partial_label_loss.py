@@ -5,7 +5,8 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from nnunet_covid.training.partial_label_loss import MarginalDiceCELoss, PartialLabelError
+from nnunet_covid.core.errors import PartialLabelError
+from nnunet_covid.training.partial_label_loss import MarginalDiceCELoss
 
 torch.set_num_threads(1)
 

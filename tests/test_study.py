@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_covid.cli import main
-from nnunet_covid.ext_path import ext_trainer_dir
+from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 
 TARGET = "Dataset101_TinyCovid"
 SOURCE = "Dataset100_TinyLesions"
@@ -57,22 +57,26 @@ def test_print_commands_lists_the_grid_exactly(study_env, capsys):
     scratch_fold = s / "runs/scratch" / TARGET / "nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0"
     ft_fold = s / "runs/lesions" / TARGET / "BodyFineTuneTrainer__nnUNetPlans__3d_fullres/fold_0"
     labels_tr = roots["nnUNet_raw"] / TARGET / "labelsTr"
+    roots_env = [f"nnUNet_raw={roots['nnUNet_raw']}", f"nnUNet_preprocessed={roots['nnUNet_preprocessed']}"]
     assert lines == [
-        [f"nnUNet_results={results}", ext, "nnUNetv2_train", SOURCE, "3d_fullres", "all",
+        [*roots_env, f"nnUNet_results={results}", ext, "nnUNetv2_train", SOURCE, "3d_fullres", "all",
          "-tr", "MultiLesionPretrainTrainer", "-p", "nnUNetPlans"],
-        [f"nnUNet_results={s}/runs/scratch", ext, "nnUNetv2_train", TARGET, "3d_fullres", "0",
+        [*roots_env, f"nnUNet_results={s}/runs/scratch", ext, "nnUNetv2_train", TARGET, "3d_fullres", "0",
          "-tr", "nnUNetTrainer", "-p", "nnUNetPlans"],
         ["nnunet-covid", "evaluate", "--gt", str(labels_tr), "--pred", str(scratch_fold / "validation"),
          "--labels", "1", "--tolerance-mm", "2.0", "-np", "1", "-o", f"{s}/evaluation/scratch/fold_0.json"],
-        [f"nnUNet_results={s}/runs/lesions", ext, "nnUNetv2_train", TARGET, "3d_fullres", "0",
-         "-tr", "BodyFineTuneTrainer", "-p", "nnUNetPlans", "-pretrained_weights", str(checkpoint)],
+        # our transfer trainers take the checkpoint by convention: the segmentation head is kept when it fits
+        [*roots_env, f"nnUNet_results={s}/runs/lesions", ext, f"nnUNet_covid_pretrained={checkpoint}",
+         "nnUNetv2_train", TARGET, "3d_fullres", "0", "-tr", "BodyFineTuneTrainer", "-p", "nnUNetPlans"],
         ["nnunet-covid", "evaluate", "--gt", str(labels_tr), "--pred", str(ft_fold / "validation"),
          "--labels", "1", "--tolerance-mm", "2.0", "-np", "1", "-o",
          f"{s}/evaluation/body_finetune__lesions/fold_0.json"],
+        ["nnunet-covid", "report", str(s), "-o", f"{s}/report"],
     ]
     manifest = json.loads((study_dir / "study_manifest.json").read_text())
     assert [r["label"] for r in manifest["runs"]] == ["scratch", "body_finetune[lesions]"]
-    assert manifest["runs"][1]["folds"]["0"]["training_dir"] == str(ft_fold)
+    # paths inside the study folder are stored relative to it (a copied or moved study reports its own files)
+    assert manifest["runs"][1]["folds"]["0"]["training_dir"] == str(ft_fold.relative_to(s))
 
 
 def _touch(path: Path, text: str = "") -> None:
@@ -94,7 +98,8 @@ def test_dry_run_statuses_and_interrupted_training_continues(study_env, capsys):
     assert "done          train     train scratch fold 0" in out
     assert "pending       predict   validate scratch fold 0" in out
     assert "with-training predict   validate scratch fold 1" in out
-    assert "13 steps, 2 done, 8 to run" in out
+    assert "pending       report    report tiny_study" in out
+    assert "14 steps, 2 done, 9 to run" in out
     assert not (study_dir / "study_manifest.json").exists()  # a dry run writes nothing
 
     assert main(["study", str(config_file), "--folds", "0", "--workdir", str(study_dir), "--print-commands"]) == 0
@@ -133,7 +138,8 @@ def test_run_executes_only_unfinished_steps_and_a_second_run_does_nothing(study_
     argv = ["study", str(config_file), "--folds", "0", "--workdir", str(study_dir)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2 step(s) run" in out and out.count("skip (done)") == 5
+    assert "3 step(s) run" in out and out.count("skip (done)") == 5  # two evaluations and the report
+    assert (s / "report" / "report.md").is_file()
     evaluation = s / "evaluation" / "body_finetune__lesions" / "fold_0.json"
     results = json.loads(evaluation.read_text())
     assert [r["case"] for r in results["cases"]] == ["c0", "c2"]
@@ -142,7 +148,7 @@ def test_run_executes_only_unfinished_steps_and_a_second_run_does_nothing(study_
 
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "0 step(s) run" in out and out.count("skip (done)") == 7
+    assert "0 step(s) run" in out and out.count("skip (done)") == 8
     assert evaluation.stat().st_mtime_ns == stamp
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnunet_covid.synthetic import (LESION_TYPES, LUNG_HU, make_case, make_covid_slice, window_to_uint8)
+from nnunet_covid.pipeline.synthetic_ct import (LESION_TYPES, LUNG_HU, make_case, make_covid_slice, window_to_uint8)
 
 
 @pytest.mark.parametrize("lesion", LESION_TYPES)

@@ -15,11 +15,12 @@ from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_covid.training import pretrained_weights as pw
-from nnunet_covid.training.multilesion_trainers import (CaseSourcesError, MultiLesionPartialLabelTrainer,
-                                                        load_case_sources, source_balanced_identifiers)
-from nnunet_covid.training.pretrained_weights import PretrainedWeightsError, load_pretrained_state
-from nnunet_covid.training.trainer_config import TrainerConfigError, load_trainer_config
+from nnunet_covid.core.errors import CheckpointError, DatasetMetadataError, TrainerConfigError
+from nnunet_covid.training import checkpoints as pw
+from nnunet_covid.training.checkpoints import load_pretrained_state
+from nnunet_covid.training.multilesion_trainers import (MultiLesionPartialLabelTrainer, load_case_sources,
+                                                        source_balanced_identifiers)
+from nnunet_covid.training.trainer_config import load_trainer_config
 from nnunet_covid.training.transfer_trainers import (BodyFineTuneTrainer, ContinualLearningTrainer,
                                                      FrozenEncoderTrainer)
 
@@ -183,11 +184,11 @@ def test_missing_convention_checkpoint_names_what_was_looked_for(nnunet_dirs, mo
     trainer = _trainer(BodyFineTuneTrainer)
     expected = (nnunet_dirs / "nnUNet_results" / "Dataset100_MultiLesion" /
                 "MultiLesionPretrainTrainer__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth")
-    with pytest.raises(PretrainedWeightsError) as error:
+    with pytest.raises(CheckpointError) as error:
         trainer.ensure_pretrained_weights()
     assert str(expected) in str(error.value) and "-pretrained_weights" in str(error.value)
     monkeypatch.setenv(pw.PRETRAINED_CHECKPOINT_ENV, str(tmp_path / "missing.pth"))
-    with pytest.raises(PretrainedWeightsError, match="missing.pth: no such checkpoint file"):
+    with pytest.raises(CheckpointError, match="missing.pth: no such checkpoint file"):
         trainer.ensure_pretrained_weights()
 
 
@@ -198,8 +199,8 @@ def test_incompatible_checkpoint_lists_every_missing_key_and_shape_mismatch(pret
     weights["encoder.stages.3.0.convs.1.conv.bias"] = torch.zeros(5)
     broken = nnunet_dirs / "broken.pth"
     torch.save({"network_weights": {"module." + k: v for k, v in weights.items()}}, broken)  # DDP prefix stripped
-    with pytest.raises(PretrainedWeightsError) as error:
-        load_pretrained_state(trainer.network, broken)
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained_state(trainer.unwrapped_network, broken)
     message = str(error.value)
     assert "missing in checkpoint: decoder.stages.0.convs.0.conv.weight" in message
     assert "shape mismatch: encoder.stages.3.0.convs.1.conv.bias: checkpoint (5,) vs network (64,)" in message
@@ -275,7 +276,7 @@ def test_partial_label_trainer_masks_per_case_and_metadata_errors(nnunet_dirs):
     assert trainer.marginal_loss is trainer.loss.loss  # inside nnU-Net's deep-supervision wrapper
 
     raw = nnunet_dirs / "nnUNet_raw" / "Dataset951_X"
-    with pytest.raises(CaseSourcesError, match="no per-case source metadata"):
+    with pytest.raises(DatasetMetadataError, match="no per-case source metadata"):
         load_case_sources({}, "Dataset951_X")
     raw.mkdir()
     (raw / "case_sources.json").write_text(json.dumps(case_sources))

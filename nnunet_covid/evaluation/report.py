@@ -17,7 +17,6 @@ Input: a study folder written by ``nnunet-covid study`` (its ``study_manifest.js
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,13 +27,14 @@ from typing import Iterable
 
 import numpy as np
 
-from nnunet_covid.atomic_io import atomic_write_text
+from nnunet_covid.core.atomic_io import atomic_write_text
+from nnunet_covid.core.nnunet_conventions import training_epoch_times
 from nnunet_covid.evaluation.evaluate import csv_text
 from nnunet_covid.evaluation.metrics import METRIC_NAMES
-from nnunet_covid.evaluation.segmentation_io import EvaluationError
-from nnunet_covid.evaluation.study import MANIFEST
+from nnunet_covid.core.errors import EvaluationError
 
 TABLE_METRICS = ("dsc", "nsd")
+MANIFEST = "study_manifest.json"
 
 
 def _run_label(dir_name: str) -> str:
@@ -43,13 +43,20 @@ def _run_label(dir_name: str) -> str:
 
 
 def discover_runs(study_dir: Path) -> tuple[list[dict], str | None]:
-    """Runs of a study folder (manifest first, else ``evaluation/<run>/fold_<k>.json``) and its baseline."""
+    """Runs of a study folder (manifest first, else ``evaluation/<run>/fold_<k>.json``) and its baseline.
+
+    Relative paths in the manifest are relative to the study folder, so a copied or moved study reports
+    its own files.
+    """
     manifest = study_dir / MANIFEST
     if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        runs = [{"label": r["label"], "fold": fold, "evaluation": Path(f["evaluation"]),
-                 "training_dir": Path(f["training_dir"]) if f.get("training_dir") else None}
-                for r in data["runs"] for fold, f in r["folds"].items()]
+        try:
+            data = json.loads(manifest.read_text())
+            runs = [{"label": r["label"], "fold": fold, "evaluation": study_dir / f["evaluation"],
+                     "training_dir": study_dir / f["training_dir"] if f.get("training_dir") else None}
+                    for r in data["runs"] for fold, f in r["folds"].items()]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise EvaluationError(f"{manifest}: not a study manifest ({type(e).__name__}: {e})") from None
         return runs, data.get("baseline")
     runs = [{"label": _run_label(path.parent.name), "fold": path.stem[len("fold_"):], "evaluation": path,
              "training_dir": None}
@@ -112,14 +119,10 @@ def paired_tests(differences: np.ndarray) -> dict:
 
 
 def _epoch_times(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
-    from nnunet_covid.nnunet_commands import epoch_times
-
     times: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for run in runs:
         folder = run.get("training_dir")
-        if folder is None or not Path(folder).is_dir():
-            continue
-        values = [t for log in sorted(Path(folder).glob("training_log_*.txt")) for t in epoch_times(log.read_text())]
+        values = training_epoch_times(folder) if folder is not None else []
         if values:
             times[run["label"]][str(run["fold"])] = values
     return times
@@ -133,7 +136,8 @@ def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.3g}"
 
 
-def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    """A Markdown table of ``header`` and the rows of ``body`` (cells already formatted)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
@@ -241,43 +245,26 @@ def build_report(results, out_dir, baseline: str | None = None) -> dict:
             average = averages[(strategy, metric)]
             body.append([strategy, *cells, _fmt(average["fold_average"], average["fold_average_std"])])
         sections += [f"## {metric.upper()} per fold (mean ± std over test cases) and average of the fold means", "",
-                     _markdown_table(["strategy", *[f"fold {f}" for f in folds], "average"], body), ""]
+                     markdown_table(["strategy", *[f"fold {f}" for f in folds], "average"], body), ""]
     body = [[s, *[_fmt(averages[(s, m)]["case_mean"], averages[(s, m)]["case_std"]) for m in METRIC_NAMES]]
             for s in strategies]
     sections += ["## All metrics (mean ± std over all test cases of all folds)", "",
-                 _markdown_table(["strategy", *[m.upper() for m in METRIC_NAMES]], body), ""]
+                 markdown_table(["strategy", *[m.upper() for m in METRIC_NAMES]], body), ""]
     body = [[s["strategy"], s["metric"].upper(), str(s["n_pairs"]),
              "n/a" if math.isnan(s["mean_difference"]) else f"{s['mean_difference']:+.4f}",
              _fmt_p(s["t_pvalue"]), _fmt_p(s["wilcoxon_pvalue"]), s["note"]] for s in statistics]
     sections += [f"## Paired tests against {baseline} (matched cases)", "",
-                 _markdown_table(["strategy", "metric", "pairs", "mean difference", "paired t-test p",
+                 markdown_table(["strategy", "metric", "pairs", "mean difference", "paired t-test p",
                                   "Wilcoxon p", "note"], body), ""]
     body = []
     for strategy in strategies:
         values = [t for fold_times in times.get(strategy, {}).values() for t in fold_times]
         body.append([strategy, f"{np.mean(values):.1f}" if values else "n/a", str(len(values))])
     sections += ["## Time per epoch (nnU-Net training logs)", "",
-                 _markdown_table(["strategy", "s/epoch", "epochs"], body), "",
+                 markdown_table(["strategy", "s/epoch", "epochs"], body), "",
                  "![DSC](boxplot_dsc.png) ![NSD](boxplot_nsd.png)", ""]
     atomic_write_text(out_dir / "report.md", "\n".join(sections))
     return {"baseline": baseline, "strategies": strategies, "folds": folds, "per_fold": per_fold,
             "summary": summary, "statistics": statistics, "epoch_times": epoch_rows, "missing": missing,
             "report": str(out_dir / "report.md")}
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", type=Path, help="study folder (from nnunet-covid study, e.g. studies/<name>)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for report.md, CSVs and box plots")
-    parser.add_argument("--baseline", default=None, help="strategy to test against (default: the study's baseline)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from nnunet_covid.cli import CLIError
-
-    try:
-        report = build_report(args.results, args.output, args.baseline)
-    except EvaluationError as e:
-        raise CLIError(str(e)) from None
-    print(Path(report["report"]).read_text())
-    print(f"written {report['report']} with per_fold.csv, summary.csv, statistics.csv, epoch_times.csv and box plots")
-    return 0

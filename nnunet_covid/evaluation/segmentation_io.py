@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class EvaluationError(RuntimeError):
-    """Bad evaluation input; the message names the case or folder and the problem."""
+from nnunet_covid.core.errors import EvaluationError
 
 
 @dataclass(frozen=True)

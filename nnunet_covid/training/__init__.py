@@ -1,21 +1,15 @@
-"""nnU-Net trainers of nnunet_covid; every public trainer is re-exported here."""
+"""nnU-Net trainers of nnunet_covid; every public trainer is re-exported here (the ``nnUNet_extTrainer`` shim
+imports this package, so nnU-Net finds exactly these classes)."""
 
-__all__: list[str] = []
+from .hybrid_encoder_trainer import *  # noqa: F401,F403
+from .hybrid_encoder_trainer import __all__ as _hybrid
+from .multilesion_trainers import *  # noqa: F401,F403
+from .multilesion_trainers import __all__ as _multilesion
+from .ncovsegnet_trainer import *  # noqa: F401,F403
+from .ncovsegnet_trainer import __all__ as _ncovsegnet
+from .transfer_trainers import *  # noqa: F401,F403
+from .transfer_trainers import __all__ as _transfer
+from .variants import *  # noqa: F401,F403
+from .variants import __all__ as _variants
 
-from .ncovsegnet_trainer import *  # noqa: E402,F401,F403
-from .ncovsegnet_trainer import __all__ as _ncovsegnet_trainers  # noqa: E402
-__all__ += _ncovsegnet_trainers
-
-from .transfer_trainers import *  # noqa: E402,F401,F403
-from .transfer_trainers import __all__ as _transfer_trainers  # noqa: E402
-from .multilesion_trainers import *  # noqa: E402,F401,F403
-from .multilesion_trainers import __all__ as _multilesion_trainers  # noqa: E402
-__all__ += _transfer_trainers + _multilesion_trainers
-
-from .hybrid_encoder_trainer import *  # noqa: E402,F401,F403
-from .hybrid_encoder_trainer import __all__ as _hybrid_encoder_trainers  # noqa: E402
-__all__ += _hybrid_encoder_trainers
-
-from .demo_variants import *  # noqa: E402,F401,F403
-from .demo_variants import __all__ as _demo_variants  # noqa: E402
-__all__ += _demo_variants
+__all__ = [*_ncovsegnet, *_transfer, *_multilesion, *_hybrid, *_variants]

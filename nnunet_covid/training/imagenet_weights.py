@@ -15,7 +15,6 @@ plain ResNet50 and stay randomly initialised; the classifier (``fc.*``) is not u
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -23,35 +22,13 @@ import torch
 from timm.models._manipulate import adapt_input_conv
 from torch import nn
 
-__all__ = ["IMAGENET_WEIGHTS_ENV", "ImageNetWeightsError", "ImageNetLoadReport", "imagenet_weights_path",
-           "read_resnet_state_dict", "load_imagenet_resnet_weights"]
+from nnunet_covid.core.errors import CheckpointError
+from nnunet_covid.training.checkpoints import LoadReport
+
+__all__ = ["IMAGENET_WEIGHTS_ENV", "imagenet_weights_path", "read_resnet_state_dict", "load_imagenet_resnet_weights"]
 
 IMAGENET_WEIGHTS_ENV = "nnUNet_covid_imagenet_resnet50"
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "network_weights")
-
-
-class ImageNetWeightsError(ValueError):
-    """The ImageNet weight file cannot be used (named in the message)."""
-
-
-@dataclass
-class ImageNetLoadReport:
-    """Which encoder keys were loaded, which stayed random, and which file keys were not used."""
-
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    adapted_input_conv: bool = False
-
-    def summary(self) -> str:
-        def some(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "") if keys else "none"
-
-        return (f"ImageNet weights from {self.path}: loaded {len(self.loaded)} encoder tensors"
-                f"{' (conv1 adapted from RGB)' if self.adapted_input_conv else ''}; "
-                f"{len(self.missing)} encoder tensors not in the file stay random ({some(self.missing)}); "
-                f"{len(self.unused)} file tensors unused ({some(self.unused)})")
 
 
 def imagenet_weights_path() -> Optional[Path]:
@@ -61,7 +38,7 @@ def imagenet_weights_path() -> Optional[Path]:
         return None
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ImageNetWeightsError(f"{IMAGENET_WEIGHTS_ENV}={value}: no such file")
+        raise CheckpointError(f"{IMAGENET_WEIGHTS_ENV}={value}: no such file")
     return path
 
 
@@ -75,38 +52,38 @@ def read_resnet_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is reported as one message naming the file
-        raise ImageNetWeightsError(f"{path}: cannot be read as a PyTorch/safetensors weight file ({e})") from e
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch/safetensors weight file ({e})") from e
     for key in _CONTAINER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImageNetWeightsError(f"{path}: expected a state dict of tensors (torchvision/timm ResNet50)")
+        raise CheckpointError(f"{path}: expected a state dict of tensors (torchvision/timm ResNet50)")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_imagenet_resnet_weights(encoder: nn.Module, path: Path | str) -> ImageNetLoadReport:
+def load_imagenet_resnet_weights(encoder: nn.Module, path: Path | str) -> LoadReport:
     """Copy matching ResNet tensors from ``path`` into ``encoder`` (NCoVSegNet's timm ResNet) in place."""
     state = read_resnet_state_dict(path)
     own = encoder.state_dict()
-    report = ImageNetLoadReport(path=str(path))
+    report = LoadReport(source=f"ImageNet ResNet50 file {path}")
     to_load = {}
     for key, value in state.items():
         if key not in own:
-            report.unused.append(key)
+            report.unused[key] = "not in the nCoVSegNet encoder"
             continue
         target_shape = own[key].shape
         if key == "conv1.weight" and value.ndim == 4 and value.shape[1] != target_shape[1]:
+            report.adapted[key] = f"RGB kernels adapted to {target_shape[1]} input channel(s) (timm adapt_input_conv)"
             value = adapt_input_conv(target_shape[1], value)
-            report.adapted_input_conv = True
         if value.shape != target_shape:
-            raise ImageNetWeightsError(
+            raise CheckpointError(
                 f"{path}: tensor {key} has shape {tuple(value.shape)} but the encoder needs {tuple(target_shape)} "
                 "(ImageNet ResNet50 weights fit only the default NCoVSegNet encoder)")
         to_load[key] = value
     if not to_load:
-        raise ImageNetWeightsError(f"{path}: none of its keys is a ResNet key (conv1.weight, layer1.0.conv1.weight, ...)")
+        raise CheckpointError(f"{path}: none of its keys is a ResNet key (conv1.weight, layer1.0.conv1.weight, ...)")
     encoder.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
-    report.missing = sorted(k for k in own if k not in to_load)
+    report.reinitialised = {k: "not in the ImageNet file (ECA units)" for k in sorted(own) if k not in to_load}
     return report

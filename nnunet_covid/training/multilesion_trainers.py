@@ -27,20 +27,14 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_covid.core.errors import DatasetMetadataError, TrainerConfigError
 from nnunet_covid.training.partial_label_loss import MarginalDiceCELoss
-from nnunet_covid.training.short_variants import FiveEpochs, Tiny
 
-__all__ = ["MultiLesionPretrainTrainer", "MultiLesionPartialLabelTrainer", "MultiLesionPretrainTrainer_5epochs",
-           "MultiLesionPretrainTrainer_tiny", "MultiLesionPartialLabelTrainer_5epochs",
-           "MultiLesionPartialLabelTrainer_tiny"]
+__all__ = ["MultiLesionPretrainTrainer", "MultiLesionPartialLabelTrainer"]
 
 CASE_SOURCES_KEY = "case_sources"
 CASE_SOURCES_FILE = "case_sources.json"
 MAX_REPEAT_PERIOD = 100_000
-
-
-class CaseSourcesError(RuntimeError):
-    """The per-case source metadata is missing or does not cover the training cases."""
 
 
 def load_case_sources(dataset_json: dict, dataset_name: str) -> dict[str, dict]:
@@ -51,7 +45,7 @@ def load_case_sources(dataset_json: dict, dataset_name: str) -> dict[str, dict]:
     candidate = Path(raw) / dataset_name / CASE_SOURCES_FILE if raw else None
     if candidate is not None and candidate.is_file():
         return json.loads(candidate.read_text())
-    raise CaseSourcesError(
+    raise DatasetMetadataError(
         f"{dataset_name}: no per-case source metadata: dataset.json has no '{CASE_SOURCES_KEY}' entry and "
         f"{candidate or '$nnUNet_raw (unset)/' + dataset_name + '/' + CASE_SOURCES_FILE} does not exist. Build the "
         "dataset with 'nnunet-covid convert multilesion'")
@@ -61,7 +55,7 @@ def sources_of(case_ids, case_sources: dict[str, dict], dataset_name: str) -> li
     """The source of every case id (a clear error naming the cases without metadata)."""
     missing = [c for c in case_ids if c not in case_sources]
     if missing:
-        raise CaseSourcesError(f"{dataset_name}: {len(missing)} training case(s) have no source metadata, "
+        raise DatasetMetadataError(f"{dataset_name}: {len(missing)} training case(s) have no source metadata, "
                                f"e.g. {missing[:5]}")
     return [case_sources[c]["source"] for c in case_ids]
 
@@ -97,7 +91,8 @@ class MultiLesionPartialLabelTrainer(MultiLesionPretrainTrainer):
 
     def _build_loss(self):
         if self.label_manager.has_regions:
-            raise ValueError(f"{self.__class__.__name__} needs one label per lesion type, not region-based labels")
+            raise TrainerConfigError(f"{self.__class__.__name__} needs one label per lesion type, not region-based "
+                                     "labels")
         self.marginal_loss = MarginalDiceCELoss(batch_dice=self.configuration_manager.batch_dice, ddp=self.is_ddp)
         loss = super()._build_loss()  # nnU-Net's deep-supervision weights around our loss
         if isinstance(loss, DeepSupervisionWrapper):
@@ -113,11 +108,11 @@ class MultiLesionPartialLabelTrainer(MultiLesionPretrainTrainer):
         mask[:, 0] = True
         for row, case_id in enumerate(case_ids):
             if str(case_id) not in case_sources:
-                raise KeyError(f"case {case_id} has no source metadata")
+                raise DatasetMetadataError(f"case {case_id} has no source metadata")
             for label in case_sources[str(case_id)]["annotated_labels"]:
                 if not 0 < int(label) < num_classes:
-                    raise ValueError(f"case {case_id}: annotated label {label} is not a foreground label of this "
-                                     f"dataset (1..{num_classes - 1})")
+                    raise DatasetMetadataError(f"case {case_id}: annotated label {label} is not a foreground label "
+                                               f"of this dataset (1..{num_classes - 1})")
                 mask[row, int(label)] = True
         return mask
 
@@ -129,18 +124,3 @@ class MultiLesionPartialLabelTrainer(MultiLesionPretrainTrainer):
         self.marginal_loss.annotated = self.annotated_mask(batch["keys"])
         return super().validation_step(batch)
 
-
-class MultiLesionPretrainTrainer_5epochs(FiveEpochs, MultiLesionPretrainTrainer):
-    pass
-
-
-class MultiLesionPretrainTrainer_tiny(Tiny, MultiLesionPretrainTrainer):
-    pass
-
-
-class MultiLesionPartialLabelTrainer_5epochs(FiveEpochs, MultiLesionPartialLabelTrainer):
-    pass
-
-
-class MultiLesionPartialLabelTrainer_tiny(Tiny, MultiLesionPartialLabelTrainer):
-    pass

@@ -27,16 +27,17 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
-from torch._dynamo import OptimizedModule
 from torch.optim.lr_scheduler import _LRScheduler
 
 from nnunet_covid.architectures.ncovsegnet import OUTPUT_STRIDE, NCoVSegNet
+from nnunet_covid.core.errors import TrainerConfigError
 from nnunet_covid.training.imagenet_weights import (IMAGENET_WEIGHTS_ENV, imagenet_weights_path,
                                                     load_imagenet_resnet_weights)
+from nnunet_covid.training.network_wrapping import unwrap_network
+from nnunet_covid.training.short_variants import ShortSchedule
 from nnunet_covid.training.structure_loss import DeepSupervisedStructureLoss, StructureLoss
 
-__all__ = ["NCoVSegNetTrainer", "NCoVSegNetTrainerFinetune", "NCoVSegNetTrainer_5epochs",
-           "NCoVSegNetTrainerSmall"]
+__all__ = ["NCoVSegNetTrainer", "NCoVSegNetTrainerFinetune", "NCoVSegNetTrainerSmall"]
 
 NUM_HEADS = 4
 
@@ -73,16 +74,19 @@ class NCoVSegNetTrainer(nnUNetTrainer):
 
     #: keyword arguments of NCoVSegNet besides channels/classes (empty = the paper's ResNet50 network)
     network_kwargs: dict = {}
+    #: Adam's initial learning rate and the number of epochs (x0.1 at half of them)
+    learning_rate: float = 1e-4
+    epochs: int = 100
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if len(self.configuration_manager.patch_size) != 2:
-            raise RuntimeError(f"{self.__class__.__name__} is a 2D trainer: use the '2d' configuration "
-                               f"(got '{configuration}' with patch size {self.configuration_manager.patch_size})")
-        self.initial_lr = 1e-4
+            raise TrainerConfigError(f"{self.__class__.__name__} is a 2D trainer: use the '2d' configuration (got "
+                                     f"'{configuration}' with patch size {self.configuration_manager.patch_size})")
+        self.initial_lr = self.learning_rate
         self.weight_decay = 0.0
-        self.num_epochs = 100
+        self.num_epochs = self.epochs
         self._round_patch_size_to_stride(configuration)
 
     def _round_patch_size_to_stride(self, configuration: str) -> None:
@@ -116,10 +120,7 @@ class NCoVSegNetTrainer(nnUNetTrainer):
             warnings.warn(message, stacklevel=2)
             self.print_to_log_file("WARNING: " + message)
             return
-        network = self.network.module if self.is_ddp else self.network
-        if isinstance(network, OptimizedModule):
-            network = network._orig_mod
-        self.print_to_log_file(load_imagenet_resnet_weights(network.encoder, path).summary())
+        self.print_to_log_file(load_imagenet_resnet_weights(unwrap_network(self.network).encoder, path).summary())
 
     def _get_deep_supervision_scales(self):
         # every head is upsampled to the input size inside the network (paper, Eq. 5)
@@ -137,34 +138,16 @@ class NCoVSegNetTrainer(nnUNetTrainer):
 class NCoVSegNetTrainerFinetune(NCoVSegNetTrainer):
     """COVID-19 stage of the two-stage transfer: lr 5e-5, 50 epochs (use with ``-pretrained_weights``)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 5e-5
-        self.num_epochs = 50
+    learning_rate = 5e-5
+    epochs = 50
 
 
-class NCoVSegNetTrainer_5epochs(NCoVSegNetTrainer):
-    """Paper network and optimiser, 5 epochs: a quick end-to-end check on a GPU."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 5
-
-
-class NCoVSegNetTrainerSmall(NCoVSegNetTrainer):
+class NCoVSegNetTrainerSmall(ShortSchedule, NCoVSegNetTrainer):
     """Scaled-down nCoVSegNet for CPU demos and tests: one bottleneck per stage, bottleneck widths
     8-64 (stage outputs 32-256 channels, 2 M parameters instead of 146 M), lr 1e-3 (it starts from
     random weights), 5 epochs of 20 iterations. Same modules, loss and data pipeline as the paper
     trainer; not meant for real results."""
 
     network_kwargs = dict(encoder_depths=(1, 1, 1, 1), encoder_widths=(8, 16, 32, 64), stem_width=16)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 1e-3
-        self.num_epochs = 5
-        self.num_iterations_per_epoch = 20
-        self.num_val_iterations_per_epoch = 5
+    learning_rate = 1e-3
+    schedule = (5, 20, 5)

@@ -21,9 +21,7 @@ import torch
 from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from torch import nn
 
-
-class PartialLabelError(ValueError):
-    """A target holds a label that its case's source does not annotate."""
+from nnunet_covid.core.errors import PartialLabelError
 
 
 class MarginalDiceCELoss(nn.Module):

@@ -16,11 +16,9 @@ import json
 import os
 from pathlib import Path
 
+from nnunet_covid.core.errors import TrainerConfigError
+
 TRAINER_CONFIGS_ENV = "nnUNet_covid_trainer_configs"
-
-
-class TrainerConfigError(ValueError):
-    """A trainer config file is missing or malformed; the message names the file."""
 
 
 def trainer_configs_dir() -> Path:

@@ -1,7 +1,7 @@
 """Transfer strategies of Wang et al. (REFERENCE 1.2) as nnU-Net trainers on a pre-trained model.
 
 Each reads ``trainer_configs/<strategy>.json`` and gets its pre-trained weights through
-:class:`~nnunet_covid.training.pretrained_weights.PretrainedTransferTrainer` (``-pretrained_weights``
+:class:`~nnunet_covid.training.transfer_trainer.PretrainedTransferTrainer` (``-pretrained_weights``
 or the documented convention).
 
 - :class:`ContinualLearningTrainer` (``continual_learning.json``): all weights trainable; the
@@ -14,29 +14,20 @@ or the documented convention).
 - :class:`FrozenEncoderTrainer` (``frozen_encoder.json``): the pre-trained encoder frozen
   (``frozen_modules: ["encoder"]``), only the decoder (incl. segmentation heads) trains.
 
-``<Trainer>_5epochs`` and ``<Trainer>_tiny`` (1 epoch of 2 iterations, 1 validation iteration) are
-the usual short variants.
-
-DDP (``-num_gpus N``): parameters are frozen before nnU-Net wraps the network in DDP (DDP ignores
-them), every rank loads the same checkpoint into its unwrapped module, the schedules are
-deterministic per epoch, and only rank 0 writes ``pretrained_source.json``. Written for DDP, not
-run on several GPUs (no GPU was available when this was built).
+Their short variants (``_5epochs``, ``_tiny``, ``_demo``) are in :mod:`~nnunet_covid.training.variants`.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
+from nnunet_covid.core.errors import TrainerConfigError
 from nnunet_covid.training.continual_schedule import ContinuedPolyLRScheduler
-from nnunet_covid.training.pretrained_weights import PROVENANCE_FILE, PretrainedTransferTrainer
-from nnunet_covid.training.short_variants import FiveEpochs, Tiny
 from nnunet_covid.training.trainer_config import config_value
+from nnunet_covid.training.transfer_trainer import PretrainedTransferTrainer
 
-__all__ = ["ContinualLearningTrainer", "BodyFineTuneTrainer", "FrozenEncoderTrainer",
-           "ContinualLearningTrainer_5epochs", "ContinualLearningTrainer_tiny", "BodyFineTuneTrainer_5epochs",
-           "BodyFineTuneTrainer_tiny", "FrozenEncoderTrainer_5epochs", "FrozenEncoderTrainer_tiny"]
+__all__ = ["ContinualLearningTrainer", "BodyFineTuneTrainer", "FrozenEncoderTrainer"]
 
 
 class ContinualLearningTrainer(PretrainedTransferTrainer):
@@ -52,7 +43,8 @@ class ContinualLearningTrainer(PretrainedTransferTrainer):
         self.pretraining_epochs = config_value(config, "pretraining_epochs", int, self.strategy)
         self.resume_fraction = config_value(config, "resume_fraction", float, self.strategy)
         if not 0 <= self.resume_fraction < 1:
-            raise ValueError(f"{self.strategy}.json: resume_fraction must lie in [0, 1), got {self.resume_fraction}")
+            raise TrainerConfigError(f"{self.strategy}.json: resume_fraction must lie in [0, 1), got "
+                                     f"{self.resume_fraction}")
         self.schedule_source = f"{self.strategy}.json"
 
     def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> ContinuedPolyLRScheduler:
@@ -82,7 +74,7 @@ class ContinualLearningTrainer(PretrainedTransferTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """Resuming (``--c``/``--val``) restores the schedule recorded in ``pretrained_source.json`` at the start."""
         super().load_checkpoint(filename_or_checkpoint)
-        record = Path(self.output_folder) / PROVENANCE_FILE
+        record = self.provenance_file()
         if record.is_file():
             saved = json.loads(record.read_text())
             self.resume_fraction = saved["resume_fraction"]
@@ -101,26 +93,3 @@ class FrozenEncoderTrainer(PretrainedTransferTrainer):
 
     strategy = "frozen_encoder"
 
-
-class ContinualLearningTrainer_5epochs(FiveEpochs, ContinualLearningTrainer):
-    pass
-
-
-class ContinualLearningTrainer_tiny(Tiny, ContinualLearningTrainer):
-    pass
-
-
-class BodyFineTuneTrainer_5epochs(FiveEpochs, BodyFineTuneTrainer):
-    pass
-
-
-class BodyFineTuneTrainer_tiny(Tiny, BodyFineTuneTrainer):
-    pass
-
-
-class FrozenEncoderTrainer_5epochs(FiveEpochs, FrozenEncoderTrainer):
-    pass
-
-
-class FrozenEncoderTrainer_tiny(Tiny, FrozenEncoderTrainer):
-    pass

@@ -1,11 +1,11 @@
 """Convert a raw public dataset into an nnU-Net v2 raw dataset (``nnunet-covid convert <dataset> ...``).
 
-Every converter module listed in :data:`CONVERTER_MODULES` contributes one sub-subcommand. Such a
-module exposes ``CLI_NAME`` (the sub-subcommand), ``CLI_HELP`` (one line), ``add_arguments(parser)``
-for its dataset-specific flags, and ``convert_from_args(args) -> Path`` which calls its
-``convert_<name>(**common_kwargs(args), <specific flags>)``. The common flags (--input,
---dataset-id, --name, --num-processes, --crop-lung, --crop-margin, --output-root) are added here.
-Converter modules keep heavy imports (SimpleITK, nnU-Net) inside functions so that ``--help`` stays fast.
+Every module of :data:`dataset_conversion.CONVERTER_MODULES` contributes one sub-subcommand: it
+exposes ``CLI_NAME`` (the sub-subcommand), ``CLI_HELP`` (one line), ``add_arguments(parser)`` for its
+dataset-specific flags, whose destinations are keyword arguments of its ``CONVERT`` function, and
+``CONVERT`` (``convert_<name>``). The common flags (--input, --dataset-id, --name, --num-processes,
+--crop-lung, --crop-margin, --output-root) are added here. Converter modules keep heavy imports
+(SimpleITK, nnU-Net) inside functions so that ``--help`` stays fast.
 """
 from __future__ import annotations
 
@@ -13,17 +13,8 @@ import argparse
 import importlib
 from pathlib import Path
 
-# Add a converter by appending its module here.
-CONVERTER_MODULES: list[str] = [
-    "dataset_conversion.lidc_idri",
-    "dataset_conversion.covid_semiseg_2d",
-    "dataset_conversion.msd_lung",
-    "dataset_conversion.structseg",
-    "dataset_conversion.nsclc_effusion",
-    "dataset_conversion.mosmed",
-    "dataset_conversion.covid19_ct_seg",
-    "dataset_conversion.multilesion",
-]
+from dataset_conversion import CONVERTER_MODULES
+from nnunet_covid.core.errors import UsageError
 
 
 def _dataset_id(text: str) -> int:
@@ -79,19 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         module = importlib.import_module(module_name)
         p = sub.add_parser(module.CLI_NAME, help=module.CLI_HELP, description=module.CLI_HELP)
         add_common_arguments(p)
+        common = {action.dest for action in p._actions}
         module.add_arguments(p)
-        p.set_defaults(_convert=module.convert_from_args)
+        specific = tuple(action.dest for action in p._actions if action.dest not in common)
+        p.set_defaults(_convert=module.CONVERT, _specific=specific)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataset_conversion.common import ConversionError
-    from nnunet_covid.cli import CLIError
-
     if not args.input.is_dir():
-        raise CLIError(f"input folder {args.input} does not exist")
-    try:
-        folder = args._convert(args)
-    except ConversionError as e:
-        raise CLIError(str(e)) from None
+        raise UsageError(f"input folder {args.input} does not exist")
+    folder = args._convert(**common_kwargs(args), **{name: getattr(args, name) for name in args._specific})
     print(f"wrote {folder}")
     return 0

@@ -195,11 +195,6 @@ def make_case(lesion: str, seed: int, shape: Sequence[int] = (32, 64, 64),
     return SyntheticCase(image=image, label=label, lungs=lungs, spacing=spacing, lesion=lesion, seed=seed)
 
 
-def make_cases(lesion: str, n: int, seed: int = 0, **kwargs) -> list[SyntheticCase]:
-    """``n`` cases of one lesion type with seeds ``seed, seed + 1, ...``."""
-    return [make_case(lesion, seed + i, **kwargs) for i in range(n)]
-
-
 def window_to_uint8(image_hu: np.ndarray, low: float = -1250.0, high: float = 250.0) -> np.ndarray:
     """Window HU to [low, high] and rescale to [0, 255] (the COVID-19-CT-Seg / Radiopaedia convention)."""
     scaled = (np.clip(image_hu.astype(np.float32), low, high) - low) / (high - low) * 255.0
@@ -226,7 +221,7 @@ def write_nnunet_dataset(raw_root: str | Path, dataset_id: int, name: str, cases
                          labels: dict[str, int] | None = None) -> Path:
     """Write ``cases`` as an nnU-Net raw dataset (imagesTr/labelsTr/dataset.json, NIfTI) and return its folder.
 
-    For tests of the nnU-Net integration; the demo goes through the dataset converters instead.
+    For tests and benchmarks of the nnU-Net integration; the demo goes through the dataset converters instead.
     """
     import SimpleITK as sitk
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json

@@ -5,12 +5,8 @@ Usage: ``export nnUNet_extTrainer=$(nnunet-covid ext-path)``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-
-def ext_trainer_dir() -> str:
-    """Absolute path of the shim folder that re-exports ``nnunet_covid.training``."""
-    return str(Path(__file__).resolve().parent / "nnunet_ext")
+from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

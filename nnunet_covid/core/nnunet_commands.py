@@ -6,44 +6,43 @@ log lines and reported with an ETA, so a long CPU run never looks frozen.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nnunet_covid.ext_path import ext_trainer_dir
-
-_EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
-
-
-def epoch_times(log_text: str) -> list[float]:
-    """The 'Epoch time: X s' values nnU-Net logs after each epoch."""
-    return [float(value) for value in _EPOCH_TIME.findall(log_text)]
+from nnunet_covid.core.errors import CommandFailed
+from nnunet_covid.core.nnunet_conventions import epoch_times, ext_trainer_dir
 
 
-class CommandFailed(RuntimeError):
-    """An nnU-Net command exited non-zero; the message names the command and its log."""
+# nnU-Net settings for a CPU machine: its 12 augmentation workers and 8 validation workers starve a small
+# CPU, and it turns torch.compile off on the CPU anyway. Values already in the environment win.
+CPU_SETTINGS = {"nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false"}
 
 
-def nnunet_environment(workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for nnU-Net subprocesses rooted at ``workdir`` (raw/preprocessed/results below it).
+def cpu_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """:data:`CPU_SETTINGS` for the variables ``environ`` (default ``os.environ``) does not set."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in CPU_SETTINGS.items() if k not in environ}
 
-    Worker counts are pinned low (``nnUNet_n_proc_DA``'s default of 12 starves a small CPU machine)
-    and our trainers are made visible through ``nnUNet_extTrainer``.
+
+def nnunet_environment(workdir: Path, device: str = "cpu", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for nnU-Net subprocesses rooted at ``workdir`` (raw/preprocessed/results below it, created).
+
+    Our trainers are made visible through ``nnUNet_extTrainer``; on the CPU the :data:`CPU_SETTINGS`
+    apply, on a GPU nnU-Net's own defaults (torch.compile, its augmentation workers).
     """
     env = dict(os.environ)
     env.update({
         "nnUNet_raw": str(workdir / "nnUNet_raw"),
         "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
         "nnUNet_results": str(workdir / "nnUNet_results"),
-        "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "1"),
-        "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "1"),
-        "nnUNet_compile": env.get("nnUNet_compile", "false"),
         "nnUNet_extTrainer": ext_trainer_dir(),
         "PYTHONUNBUFFERED": "1",
     })
+    if device == "cpu":
+        env.update(cpu_settings(env))
     if extra:
         env.update(extra)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -52,12 +51,13 @@ def nnunet_environment(workdir: Path, extra: dict[str, str] | None = None) -> di
 
 
 def run_nnunet(cmd: Sequence[str], env: dict[str, str], log_file: Path, total_epochs: int | None = None,
-               report: Callable[[str], None] = print) -> float:
-    """Run ``cmd``, stream its output into ``log_file`` and report epochs with an ETA. Returns seconds taken."""
+               report: Callable[[str], None] = print, append: bool = False) -> float:
+    """Run ``cmd``, stream its output into ``log_file`` (appended to with ``append``) and report epochs with an
+    ETA. Returns seconds taken; a non-zero exit raises :class:`CommandFailed` with the log's tail."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     times: list[float] = []
-    with open(log_file, "w") as log:
+    with open(log_file, "a" if append else "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         process = subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -65,8 +65,9 @@ def run_nnunet(cmd: Sequence[str], env: dict[str, str], log_file: Path, total_ep
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
-            times.extend(epoch_times(line))
-            if times and total_epochs and _EPOCH_TIME.search(line):
+            new_times = epoch_times(line)
+            times.extend(new_times)
+            if new_times and total_epochs:
                 mean = sum(times) / len(times)
                 eta = mean * (total_epochs - len(times))
                 report(f"      epoch {len(times)}/{total_epochs}  {mean:5.1f} s/epoch  ETA {eta:4.0f} s")

@@ -1,7 +1,8 @@
-"""The ``nnunet-covid`` command: argparse subcommands, each implemented in its own module.
+"""The ``nnunet-covid`` command: argparse subcommands, one module each in this package.
 
-Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
-heavy imports (torch, nnU-Net) inside ``run`` so that ``--help`` stays fast.
+Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy
+imports (torch, nnU-Net) inside ``run`` so that ``--help`` stays fast. Errors of the product
+(:class:`~nnunet_covid.core.errors.NnunetCovidError`) are printed as one line with exit code 2.
 """
 from __future__ import annotations
 
@@ -9,20 +10,18 @@ import argparse
 import importlib
 import sys
 
+from nnunet_covid.core.errors import NnunetCovidError
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("nnunet_covid.demo", "run the synthetic end-to-end demo (pre-train, transfer, predict, evaluate)"),
-    "ext-path": ("nnunet_covid.ext_path", "print the folder to put in nnUNet_extTrainer"),
-    "convert": ("dataset_conversion.cli", "convert a raw public dataset into an nnU-Net raw dataset"),
-    "uncrop": ("dataset_conversion.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),
-    "evaluate": ("nnunet_covid.evaluation.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
-    "study": ("nnunet_covid.evaluation.study", "run or print every training/prediction/evaluation of a study grid"),
-    "report": ("nnunet_covid.evaluation.report", "the papers' tables, paired tests and box plots from study results"),
+    "demo": ("nnunet_covid.cli.demo", "run the synthetic end-to-end demo (pre-train, transfer, predict, evaluate)"),
+    "ext-path": ("nnunet_covid.cli.ext_path", "print the folder to put in nnUNet_extTrainer"),
+    "convert": ("nnunet_covid.cli.convert", "convert a raw public dataset into an nnU-Net raw dataset"),
+    "uncrop": ("nnunet_covid.cli.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),
+    "evaluate": ("nnunet_covid.cli.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
+    "study": ("nnunet_covid.cli.study", "run or print every training/prediction/evaluation of a study grid"),
+    "report": ("nnunet_covid.cli.report", "the papers' tables, paired tests and box plots from study results"),
 }
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except CLIError as e:
+    except NnunetCovidError as e:
         print(f"nnunet-covid {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
