@@ -33,7 +33,8 @@ def supported_file_endings() -> list[str]:
     return sorted(endings, key=len, reverse=True)  # ".nii.gz" before ".gz"-like shorter endings
 
 
-def _dataset_json(*folders: Path) -> dict | None:
+def dataset_json_near(*folders: Path) -> dict | None:
+    """The first ``dataset.json`` in, or in the parent of, one of ``folders`` (in order); None if there is none."""
     for folder in folders:
         for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
             if candidate.is_file():
@@ -73,7 +74,7 @@ def pair_cases(gt_dir: Path, pred_dir: Path) -> tuple[list[tuple[str, Path, Path
     for folder, what in ((gt_dir, "ground-truth"), (pred_dir, "prediction")):
         if not folder.is_dir():
             raise EvaluationError(f"{what} folder {folder} does not exist")
-    dataset_json = _dataset_json(pred_dir, gt_dir)
+    dataset_json = dataset_json_near(pred_dir, gt_dir)
     file_ending = file_ending_of(gt_dir, dataset_json)
     gt_files = list_cases(gt_dir, file_ending)
     pred_files = list_cases(pred_dir, file_ending)
@@ -124,8 +125,11 @@ def read_segmentation(reader, path: Path, case: str) -> Segmentation:
     return Segmentation(array, spacing, origin, direction)
 
 
-def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation) -> None:
-    """Raise EvaluationError naming ``case`` unless shape, spacing, origin and direction agree."""
+def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation, reference: str = "ground truth") -> None:
+    """Raise EvaluationError naming ``case`` unless shape, spacing, origin and direction agree.
+
+    ``reference`` names what ``gt`` is in the message (the ground truth, the image, a lung mask).
+    """
     problems = []
     if gt.array.shape != pred.array.shape:
         problems.append(f"shape {pred.array.shape} vs {gt.array.shape}")
@@ -137,8 +141,8 @@ def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation) -> None
             not np.allclose(gt.direction, pred.direction, atol=1e-4):
         problems.append(f"direction {pred.direction} vs {gt.direction}")
     if problems:
-        raise EvaluationError(f"case {case}: prediction geometry differs from its ground truth: "
-                              + "; ".join(problems) + " (prediction vs ground truth)")
+        raise EvaluationError(f"case {case}: prediction geometry differs from its {reference}: "
+                              + "; ".join(problems) + f" (prediction vs {reference})")
 
 
 _SLICE_ID = re.compile(r"^(?P<patient>.+?)_(?P<index>\d+)$")
