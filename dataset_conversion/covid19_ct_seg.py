@@ -28,13 +28,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, crop_settings, finish_dataset, open_dataset, run_cases
 from nnunet_covid.core.errors import ConversionError
-from dataset_conversion.nifti_cases import check_label_values, check_setting_unchanged, read_image
+from dataset_conversion.nifti_cases import check_label_values, read_image
 
 CLI_NAME = "covid19-ct-seg"
 CLI_HELP = "COVID-19-CT-Seg 20 cases (infection and/or lungs, 3D CT) with the benchmark's 5-fold split"
 WINDOW_HU = (-1250.0, 250.0)
+SETTINGS = ("target",)
+LOCATIONS = ()
 IMAGES_FOLDER = "COVID-19-CT-Seg_20cases"
 TARGETS = {
     # target: (mask folder, labels, default dataset name)
@@ -96,7 +98,7 @@ def load_case(case_id: str, image_file: str, mask_file: str, target: str) -> Cas
     image = to_windowed_hu(read_image(image_file, case_id, "image"), case_id)
     label = read_image(mask_file, case_id, f"{mask_folder} mask")
     check_label_values(label, case_id, labels.values(), mask_file)
-    return CaseData(images=[image], label=label, info={"target": target})
+    return CaseData(images=[image], label=label)
 
 
 def find_cases(input_dir: Path, target: str) -> list[tuple[str, Path, Path]]:
@@ -113,20 +115,21 @@ def find_cases(input_dir: Path, target: str) -> list[tuple[str, Path, Path]]:
 
 def convert_covid19_ct_seg(input_dir, dataset_id: int, name: str | None = None, output_root=None,
                            num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None,
-                           target: str = "infection") -> Path:
+                           target: str = "infection", overwrite: bool = False) -> Path:
     """Convert COVID-19-CT-Seg for ``target``; returns the dataset folder (ConversionError on failed cases)."""
     if target not in TARGETS:
         raise ConversionError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     mask_folder, labels, default_name = TARGETS[target]
+    crop = crop_settings(crop_lung, crop_margin_mm)
     cases = find_cases(Path(input_dir), target)
     missing = sorted({c for fold in BENCHMARK_FOLDS for c in fold} - {c[0] for c in cases})
     if missing:
         print(f"warning: benchmark cases missing from {input_dir}: {', '.join(missing)}; "
               f"splits_final.json will list only the cases present")
-    folder = dataset_folder(dataset_id, name or default_name, output_root)
-    check_setting_unchanged(folder, "target", target)
+    folder = open_dataset(dataset_id, name or default_name, output_root, CLI_NAME, {**crop, "target": target},
+                          overwrite)
     jobs = [CaseJob(case_id, load_case, (case_id, str(image), str(mask), target)) for case_id, image, mask in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
+    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, **crop)
     return finish_dataset(folder, {0: "CT"}, labels, summary, splits=benchmark_splits(c[0] for c in cases),
                           target=target, intensity_window_hu=list(WINDOW_HU),
                           description=f"COVID-19-CT-Seg {mask_folder}; images int16 HU windowed to "

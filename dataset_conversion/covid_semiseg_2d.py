@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dataset_conversion.common import PNG, CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import PNG, CaseData, CaseJob, crop_settings, finish_dataset, open_dataset, run_cases
+from dataset_conversion.input_files import subfolders
 from nnunet_covid.core.errors import ConversionError
 
 CLI_NAME = "covid-semiseg-2d"
@@ -24,6 +25,8 @@ DEFAULT_NAME = "COVIDSemiSeg2D"
 BINARY_LABELS = {"background": 0, "infection": 1}
 MULTICLASS_LABELS = {"background": 0, "ground-glass opacity": 1, "consolidation": 2}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SETTINGS = ("multiclass",)
+LOCATIONS = ()
 
 
 def case_id_for(stem: str) -> str:
@@ -90,7 +93,7 @@ def find_layout_root(input_dir: Path, train_name: str) -> Path:
     """``input_dir`` or the one folder below it that holds ``<train_name>/Imgs`` (e.g. an unpacked archive)."""
     if (input_dir / train_name).is_dir():
         return input_dir
-    found = sorted({p.parent.parent for p in input_dir.rglob("Imgs") if p.parent.name == train_name})
+    found = sorted({p.parent.parent for p in subfolders(input_dir, "Imgs") if p.parent.name == train_name})
     if len(found) == 1:
         return found[0]
     where = f"several: {', '.join(map(str, found))}" if found else "none"
@@ -101,7 +104,7 @@ def find_layout_root(input_dir: Path, train_name: str) -> Path:
 def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str = DEFAULT_NAME,
                              output_root: str | Path | None = None, num_processes: int = 1,
                              crop_lung: bool = False, crop_margin_mm: float | None = None,
-                             multiclass: bool = False, progress: bool = True) -> Path:
+                             multiclass: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
     """Convert ``input_dir`` (holding ``train/`` or ``train-multiclass/``) and return the dataset folder."""
     if crop_lung:
         raise ConversionError("--crop-lung needs 3D CT volumes in HU; COVID-SemiSeg slices are windowed 2D images")
@@ -113,7 +116,8 @@ def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str =
     if test.is_dir():
         jobs += [CaseJob(cid, load_slice, (str(img), None if mask is None else str(mask), multiclass, cid), subset="Ts")
                  for cid, img, mask in find_slices(test, require_masks=False)]
-    folder = dataset_folder(dataset_id, name, output_root)
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME,
+                          {**crop_settings(crop_lung, crop_margin_mm), "multiclass": bool(multiclass)}, overwrite)
     summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", file_ending=PNG,
                         progress=progress)
     return finish_dataset(folder, {0: "grayscale"}, MULTICLASS_LABELS if multiclass else BINARY_LABELS, summary,

@@ -34,33 +34,48 @@ class SeriesInfo:
 
 
 def dicom_files(folder: str | Path) -> list[Path]:
-    """The DICOM files in ``folder``: ``*.dcm`` plus extension-less files with the DICM preamble."""
+    """The DICOM files in ``folder``: ``*.dcm`` plus extension-less files with the DICM preamble (links followed)."""
     files = []
-    for p in sorted(Path(folder).iterdir()):
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError as e:
+        raise DicomSeriesError(f"cannot read folder {folder}: {e.strerror}") from None
+    for p in entries:
         if not p.is_file() or p.name.startswith("."):
             continue
         if p.suffix.lower() == ".dcm":
             files.append(p)
         elif p.suffix == "":
-            with open(p, "rb") as fh:
-                if fh.read(132)[128:] == b"DICM":
-                    files.append(p)
+            try:
+                with open(p, "rb") as fh:
+                    if fh.read(132)[128:] == b"DICM":
+                        files.append(p)
+            except OSError as e:
+                raise DicomSeriesError(f"{p}: cannot be read ({e.strerror})") from None
     return files
 
 
 def series_info(folder: str | Path) -> SeriesInfo | None:
-    """Header facts of the DICOM series in ``folder`` (None when it holds no DICOM file)."""
+    """Header facts of the DICOM series in ``folder`` (None when it holds no DICOM file).
+
+    The first file whose header can be read speaks for the series, so one corrupt slice does not hide
+    the series (reading the series then names that slice); no readable header at all is an error.
+    """
     import pydicom
 
     files = dicom_files(folder)
     if not files:
         return None
-    try:
-        ds = pydicom.dcmread(files[0], stop_before_pixels=True)
-    except Exception as e:  # noqa: BLE001 - pydicom raises several types for broken files
-        raise DicomSeriesError(f"{files[0]}: unreadable DICOM file ({e})") from None
-    return SeriesInfo(Path(folder), str(ds.get("SeriesInstanceUID", "")), str(ds.get("PatientID", "")),
-                      str(ds.get("Modality", "")), len(files))
+    first_error = None
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - pydicom raises several types for broken files
+            first_error = first_error or f"{path}: unreadable DICOM file ({type(e).__name__}: {e})"
+            continue
+        return SeriesInfo(Path(folder), str(ds.get("SeriesInstanceUID", "")), str(ds.get("PatientID", "")),
+                          str(ds.get("Modality", "")), len(files))
+    raise DicomSeriesError(f"{folder}: no readable DICOM header in {len(files)} file(s); first: {first_error}")
 
 
 def _read_slice(path: Path):

@@ -5,7 +5,8 @@ series' ``NNN.xml`` next to the slices, or XMLs in ``--xml-dir``, matched by Ser
 becomes one case named after its patient id (``LIDC-IDRI-0001``; ``LIDC-IDRI-0001_2`` for a
 patient's second CT series). The label is the union of the nodules' consensus masks (see
 :mod:`dataset_conversion.lidc_xml`): label 1 = nodule. ``nodules.csv`` lists every kept nodule
-(case, nodule, readers, annotations, volume in mm^3, median malignancy).
+(case, nodule, readers, annotations, volume in mm^3, median malignancy). Patient folders and files
+may be symbolic links (followed). A series folder whose headers cannot be read fails as its own case.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import io
 from pathlib import Path
 
 from nnunet_covid.core.atomic_io import atomic_write_text
-from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, crop_settings, finish_dataset, open_dataset, run_cases
+from dataset_conversion.input_files import walk_files
 from nnunet_covid.core.errors import ConversionError
 
 CLI_NAME = "lidc-idri"
@@ -24,6 +26,8 @@ DEFAULT_NAME = "LIDCIDRI"
 LABELS = {"background": 0, "nodule": 1}
 NODULE_CSV = "nodules.csv"
 CSV_COLUMNS = ("case", "nodule", "readers", "annotations", "volume_mm3", "median_malignancy")
+SETTINGS = ("consensus_level", "min_readers", "keep_small_nodules")  # recorded; xml_dir only says where files are
+LOCATIONS = ("xml_dir",)
 
 
 def _xml_series_uid(path: Path) -> str | None:
@@ -35,21 +39,33 @@ def _xml_series_uid(path: Path) -> str | None:
         return None  # not an LIDC read message (or broken): reported when a series needs it
 
 
-def find_lidc_series(input_dir: str | Path, xml_dir: str | Path | None = None) -> list[tuple[str, Path, list[Path]]]:
-    """(case id, series folder, matching XML files) for every CT series below ``input_dir``."""
-    from dataset_conversion.dicom_series import series_info
+def _patient_of(folder: Path) -> str:
+    return next((p for p in folder.parts if p.upper().startswith("LIDC-IDRI-")), folder.name)
+
+
+def lidc_jobs(input_dir: str | Path, xml_dir: str | Path | None, options: dict) -> list[CaseJob]:
+    """One job per CT series below ``input_dir``: the series folder, its XML file(s) and the consensus ``options``.
+
+    A folder whose DICOM headers cannot be read becomes a failing job named after its patient folder,
+    so that it fails alone.
+    """
+    from dataset_conversion.dicom_series import DicomSeriesError, series_info
 
     input_dir = Path(input_dir)
-    series = []
-    for folder in sorted({p.parent for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm"}):
-        info = series_info(folder)
+    series, broken = [], []
+    for folder in sorted({p.parent for p in walk_files(input_dir, (".dcm",))}):
+        try:
+            info = series_info(folder)
+        except DicomSeriesError as e:
+            broken.append((folder, str(e)))
+            continue
         if info is not None and info.modality in ("CT", ""):
             series.append(info)
-    if not series:
+    if not series and not broken:
         raise ConversionError(f"{input_dir}: no CT DICOM series found (expected LIDC-IDRI-XXXX/<study>/<series>/*.dcm)")
     xml_candidates = [p for s in series for p in sorted(s.folder.glob("*.xml"))]
     if xml_dir is not None:
-        xml_candidates += sorted(Path(xml_dir).rglob("*.xml"))
+        xml_candidates += list(walk_files(xml_dir, (".xml",)))
     xml_by_series: dict[str, list[Path]] = {}
     for path in xml_candidates:
         uid = _xml_series_uid(path)
@@ -57,18 +73,22 @@ def find_lidc_series(input_dir: str | Path, xml_dir: str | Path | None = None) -
             xml_by_series.setdefault(uid, []).append(path)
     by_patient: dict[str, list] = {}
     for info in series:
-        patient = info.patient_id or next((p for p in info.folder.parts if p.upper().startswith("LIDC-IDRI-")),
-                                          info.folder.name)
-        by_patient.setdefault(patient, []).append(info)
-    cases = []
+        by_patient.setdefault(info.patient_id or _patient_of(info.folder), []).append(info)
+    jobs = []
     for patient, infos in sorted(by_patient.items()):
         for k, info in enumerate(sorted(infos, key=lambda i: i.series_uid)):
             case_id = patient if k == 0 else f"{patient}_{k + 1}"
             # an unparseable XML in the series folder is handed on so that the case fails with its parse error
             xmls = xml_by_series.get(info.series_uid) or [p for p in info.folder.glob("*.xml")
                                                           if _xml_series_uid(p) is None]
-            cases.append((case_id, info.folder, xmls))
-    return cases
+            jobs.append(CaseJob(case_id, load_lidc_case, (str(info.folder), [str(x) for x in xmls], case_id), options))
+    taken = {job.case_id for job in jobs}
+    for folder, message in broken:
+        patient = _patient_of(folder)
+        case_id = patient if patient not in taken else f"{patient}_{folder.name}"
+        taken.add(case_id)
+        jobs.append(CaseJob.failing(case_id, f"case {case_id}: {message}"))
+    return jobs
 
 
 def load_lidc_case(series_folder: str, xml_paths: list[str], case_id: str, consensus_level: float = 0.5,
@@ -130,19 +150,21 @@ def convert_lidc_idri(input_dir: str | Path, dataset_id: int, name: str = DEFAUL
                       output_root: str | Path | None = None, num_processes: int = 1, crop_lung: bool = False,
                       crop_margin_mm: float | None = None, consensus_level: float = 0.5, min_readers: int = 1,
                       keep_small_nodules: bool = False, xml_dir: str | Path | None = None,
-                      progress: bool = True) -> Path:
+                      progress: bool = True, overwrite: bool = False) -> Path:
     """Convert every LIDC CT series below ``input_dir`` and return the dataset folder."""
-    if not 0.0 < consensus_level <= 1.0:
+    if not (isinstance(consensus_level, (int, float)) and 0.0 < consensus_level <= 1.0):
         raise ConversionError(f"consensus level must be in (0, 1], got {consensus_level}")
-    if not 1 <= min_readers <= 4:
+    if not (isinstance(min_readers, int) and 1 <= min_readers <= 4):
         raise ConversionError(f"min readers must be 1..4 (LIDC has four readers), got {min_readers}")
-    cases = find_lidc_series(input_dir, xml_dir)
-    folder = dataset_folder(dataset_id, name, output_root)
-    options = dict(consensus_level=consensus_level, min_readers=min_readers, keep_small_nodules=keep_small_nodules)
-    jobs = [CaseJob(case_id, load_lidc_case, (str(series), [str(x) for x in xmls], case_id), options)
-            for case_id, series, xmls in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", crop_lung=crop_lung,
-                        crop_margin_mm=crop_margin_mm, progress=progress)
+    if xml_dir is not None and not Path(xml_dir).is_dir():
+        raise ConversionError(f"--xml-dir {xml_dir} is not a folder" if Path(xml_dir).exists()
+                              else f"--xml-dir {xml_dir} does not exist")
+    crop = crop_settings(crop_lung, crop_margin_mm)
+    options = dict(consensus_level=float(consensus_level), min_readers=min_readers,
+                   keep_small_nodules=bool(keep_small_nodules))
+    jobs = lidc_jobs(input_dir, xml_dir, options)
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME, {**crop, **options}, overwrite)
+    summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", progress=progress, **crop)
     for case_id in summary.converted:
         for warning in summary.results[case_id].get("warnings", []):
             print(f"warning: {warning}")

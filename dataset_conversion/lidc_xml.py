@@ -77,6 +77,8 @@ def parse_lidc_xml(path: str | Path) -> LidcReading:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
         raise ConversionError(f"{path}: malformed XML ({e})") from None
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot be read ({e.strerror})") from None
     if root.tag != f"{{{NS['lidc']}}}LidcReadMessage":
         raise ConversionError(f"{path}: not an LIDC read message (root element {root.tag})")
     series_uid = _text(root, "lidc:ResponseHeader/lidc:SeriesInstanceUid")

@@ -14,9 +14,10 @@
    < 4.8, assign every voxel to the nearer one, keep the main part of each (95 % of per-slice
    area, convex hulls) and fill 2D holes.
 
-:func:`crop_to_lungs` crops a case to the lungs' bounding box plus a margin and returns the box (the
-mask is computed on in-plane blocks of about 1.4 mm, e.g. 2x2 pixels of a 0.7 mm CT: 4x fewer voxels
-for a box that only needs centimetre precision; the box matches the full-resolution one to within a block);
+:func:`crop_to_lungs` crops a case to the lungs' bounding box plus a margin (finite, >= 0 mm) and returns
+the box (the mask is computed on in-plane blocks of about 1.4 mm, e.g. 2x2 pixels of a 0.7 mm CT: 4x fewer
+voxels for a box that only needs centimetre precision; the box matches the full-resolution one to within a
+block); a box that would cut off a labelled voxel is an error naming the case, never a smaller label;
 :func:`uncrop` pastes an image of the cropped grid back into the original grid (zeros outside).
 """
 from __future__ import annotations
@@ -179,6 +180,17 @@ def lung_mask(image_hu: np.ndarray, spacing_zyx) -> np.ndarray:
     return mask
 
 
+def check_margin(margin_mm) -> float:
+    """``margin_mm`` as a float when it is a finite number >= 0, else a ConversionError."""
+    try:
+        margin = float(margin_mm)
+    except (TypeError, ValueError):
+        raise ConversionError(f"crop margin must be a number of mm, got {margin_mm!r}") from None
+    if not np.isfinite(margin) or margin < 0:
+        raise ConversionError(f"crop margin must be a finite number of mm >= 0, got {margin_mm!r}")
+    return margin
+
+
 def bounding_box(mask: np.ndarray, spacing_zyx, margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) voxel indices (z, y, x) of ``mask``'s bounding box grown by ``margin_mm``, clipped."""
     coords = np.nonzero(mask)
@@ -202,10 +214,12 @@ def crop_to_lungs(images, label=None, margin_mm: float = DEFAULT_MARGIN_MM, case
     """Crop every channel (and the label) to the lungs of channel 0 -> (images, label, crop box).
 
     The crop box (JSON-ready, SimpleITK x/y/z order) records the original grid and the cropped
-    region; with no lungs found the whole image is kept (``lung_found`` false).
+    region; with no lungs found the whole image is kept (``lung_found`` false). A box that would
+    leave a labelled voxel outside is a ConversionError naming the case.
     """
     import SimpleITK as sitk
 
+    margin_mm = check_margin(margin_mm)
     reference = images[0]
     if reference.GetDimension() != 3:
         raise ConversionError(f"case {case_id}: --crop-lung needs 3D images, got {reference.GetDimension()}D")
@@ -220,6 +234,14 @@ def crop_to_lungs(images, label=None, margin_mm: float = DEFAULT_MARGIN_MM, case
         start, stop = start * [1, factor, factor], np.minimum(stop * [1, factor, factor], array.shape)
     else:
         start, stop = np.zeros(3, dtype=int), np.asarray(array.shape)
+    if label is not None:
+        labelled = sitk.GetArrayViewFromImage(label)
+        total = int(np.count_nonzero(labelled))
+        kept = int(np.count_nonzero(labelled[tuple(slice(a, b) for a, b in zip(start, stop))]))
+        if kept < total:
+            raise ConversionError(f"case {case_id}: the lung crop box (margin {margin_mm:g} mm) would cut off "
+                                  f"{total - kept} of {total} labelled voxels; convert with a larger --crop-margin "
+                                  f"or without --crop-lung")
     index, size = [int(v) for v in start[::-1]], [int(v) for v in (stop - start)[::-1]]
     box = {"original_size": list(reference.GetSize()), "original_spacing": list(reference.GetSpacing()),
            "original_origin": list(reference.GetOrigin()), "original_direction": list(reference.GetDirection()),

@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from dataset_conversion.common import dataset_folder
+from dataset_conversion.common import crop_settings, open_dataset
 from nnunet_covid.core.errors import ConversionError
-from dataset_conversion.nifti_cases import check_setting_unchanged, convert_labelled_nifti_cases
+from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
 CLI_NAME = "mosmed"
 CLI_HELP = "MosMedData COVID19_1110 CT-1 studies with infection masks (3D CT)"
@@ -28,6 +28,8 @@ DEFAULT_NAME = "MosMed"
 LABELS = {"background": 0, "infection": 1}
 TEST_FRACTION = 0.2
 MASK_SUFFIX = "_mask.nii.gz"
+SETTINGS = ("split_seed",)
+LOCATIONS = ()
 
 
 def find_cases(input_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -50,15 +52,17 @@ def held_out_case_ids(case_ids: list[str], split_seed: int) -> set[str]:
 
 
 def convert_mosmed(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None, num_processes: int = 1,
-                   crop_lung: bool = False, crop_margin_mm: float | None = None, split_seed: int = 0) -> Path:
+                   crop_lung: bool = False, crop_margin_mm: float | None = None, split_seed: int = 0,
+                   overwrite: bool = False) -> Path:
     """Convert MosMedData; returns the dataset folder (ConversionError listing failed cases at the end)."""
+    if not isinstance(split_seed, int) or isinstance(split_seed, bool):
+        raise ConversionError(f"split seed must be an integer, got {split_seed!r}")
+    crop = crop_settings(crop_lung, crop_margin_mm)
     cases = find_cases(Path(input_dir))
     test_ids = held_out_case_ids([c[0] for c in cases], split_seed)
-    folder = dataset_folder(dataset_id, name, output_root)
-    check_setting_unchanged(folder, "split_seed", split_seed)
-    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
-                                        test_ids=test_ids, info={"split_seed": split_seed},
-                                        test_cases=sorted(test_ids), split_seed=split_seed,
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME, {**crop, "split_seed": split_seed}, overwrite)
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, **crop,
+                                        test_ids=test_ids, test_cases=sorted(test_ids), split_seed=split_seed,
                                         description="MosMedData COVID19_1110 CT-1 infection masks; test split: "
                                                     "random.Random(split_seed).sample(sorted ids, 20%)")
 

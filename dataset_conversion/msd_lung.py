@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import NIFTI, dataset_folder
+from dataset_conversion.common import NIFTI, crop_settings, open_dataset
 from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
@@ -21,6 +21,8 @@ CLI_NAME = "msd-lung"
 CLI_HELP = "MSD Task06_Lung (lung tumour, 3D CT)"
 DEFAULT_NAME = "MSDLung"
 LABELS = {"background": 0, "tumour": 1}
+SETTINGS = ()  # the converter has no options of its own
+LOCATIONS = ()
 
 
 def find_task_folder(input_dir: Path) -> Path:
@@ -40,12 +42,12 @@ def find_cases(task: Path) -> list[tuple[str, Path, Path]]:
 
 
 def convert_msd_lung(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None, num_processes: int = 1,
-                     crop_lung: bool = False, crop_margin_mm: float | None = None) -> Path:
+                     crop_lung: bool = False, crop_margin_mm: float | None = None, overwrite: bool = False) -> Path:
     """Convert MSD Task06_Lung; returns the dataset folder (ConversionError listing failed cases at the end)."""
-    task = find_task_folder(Path(input_dir))
-    cases = find_cases(task)
-    folder = dataset_folder(dataset_id, name, output_root)
-    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
+    crop = crop_settings(crop_lung, crop_margin_mm)
+    cases = find_cases(find_task_folder(Path(input_dir)))
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME, crop, overwrite)
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, **crop,
                                         description="MSD Task06_Lung lung tumour")
 
 

@@ -33,17 +33,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_conversion.common import (CASES_DIR, CaseData, CaseJob, case_done, dataset_folder, finish_dataset,
-                                       raw_root, run_cases)
+from dataset_conversion.common import (CASES_DIR, CaseData, CaseJob, case_done, crop_settings, dataset_path,
+                                       finish_dataset, open_dataset, raw_root, read_case_record, run_cases)
 from nnunet_covid.core.errors import ConversionError
 from nnunet_covid.core.atomic_io import atomic_write_json
-from dataset_conversion.nifti_cases import check_setting_unchanged, read_image
+from dataset_conversion.nifti_cases import read_image
 
 CLI_NAME = "multilesion"
 CLI_HELP = "merge converted lesion datasets into one multi-lesion pre-training dataset"
 DEFAULT_NAME = "MultiLesion"
 LABEL_MODES = ("union", "per-source")
 CASE_SOURCES_FILE = "case_sources.json"
+SETTINGS = ("sources", "labels")  # sources recorded by folder name, in order (it sets per-source label values)
+LOCATIONS = ()
 
 
 @dataclass
@@ -74,15 +76,36 @@ def short_name(folder: Path) -> str:
     return re.sub(r"^Dataset\d{3}_", "", folder.name)
 
 
+def read_source_dataset_json(folder: Path) -> dict:
+    """A source's dataset.json, checked for what merging needs (labels, channel_names, file_ending)."""
+    path = folder / "dataset.json"
+    try:
+        dataset_json = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"source {folder.name}: cannot read {path} ({e})") from None
+    if not isinstance(dataset_json, dict):
+        raise ConversionError(f"source {folder.name}: {path} is not a JSON object")
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in labels.values()):
+        raise ConversionError(f"source {folder.name}: {path} 'labels' must map names to label values >= 0 "
+                              f"(region labels cannot be merged), got {labels!r}")
+    if not isinstance(dataset_json.get("channel_names"), dict) or not isinstance(dataset_json.get("file_ending"), str):
+        raise ConversionError(f"source {folder.name}: {path} lacks 'channel_names' (object) or 'file_ending' (text)")
+    return dataset_json
+
+
 def load_sources(specs, root: Path, labels: str) -> tuple[list[Source], dict[str, int]]:
     """The sources with their label mappings, and the merged dataset's labels."""
     folders = [resolve_source(str(s), root) for s in specs]
     if not folders:
         raise ConversionError("no --sources given")
+    if len({f.resolve() for f in folders}) != len(folders):
+        raise ConversionError(f"a source is given twice: {', '.join(str(s) for s in specs)}")
     sources, out_labels = [], {"background": 0}
     for folder in folders:
-        dataset_json = json.loads((folder / "dataset.json").read_text())
-        foreground = sorted((int(v), k) for k, v in dataset_json["labels"].items() if int(v) != 0)
+        dataset_json = read_source_dataset_json(folder)
+        foreground = sorted((v, k) for k, v in dataset_json["labels"].items() if v != 0)
         if not foreground:
             raise ConversionError(f"source {folder.name}: dataset.json has no foreground label")
         short = short_name(folder)
@@ -130,8 +153,8 @@ def write_case_sources(folder: Path, file_ending: str) -> dict:
     """``case_sources.json`` (format in the module docstring) for the training cases on disk; returns the mapping."""
     case_sources = {}
     for record_file in sorted((folder / CASES_DIR).glob("*.json")):
-        record = json.loads(record_file.read_text())
-        if case_done(folder, record["case_id"], "Tr", file_ending):
+        record = read_case_record(record_file)
+        if record is not None and case_done(folder, record["case_id"], "Tr", file_ending):
             case_sources[record["case_id"]] = {k: record["info"][k] for k in ("source", "dataset", "annotated_labels")}
     atomic_write_json(folder / CASE_SOURCES_FILE, case_sources)
     return case_sources
@@ -139,7 +162,7 @@ def write_case_sources(folder: Path, file_ending: str) -> dict:
 
 def convert_multilesion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
                         num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None,
-                        sources=(), labels: str = "union") -> Path:
+                        sources=(), labels: str = "union", overwrite: bool = False) -> Path:
     """Merge ``sources`` (converted raw datasets under ``input_dir``) into DatasetNNN_<name>; returns its folder."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
@@ -147,22 +170,27 @@ def convert_multilesion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, ou
         raise ConversionError("multilesion merges converted datasets: convert the sources with --crop-lung instead")
     if labels not in LABEL_MODES:
         raise ConversionError(f"unknown --labels {labels!r}; choose union or per-source")
+    crop = crop_settings(crop_lung, crop_margin_mm)
     root = Path(input_dir) if input_dir is not None else raw_root(output_root)
     merged_sources, out_labels = load_sources(sources, root, labels)
-    folder = dataset_folder(dataset_id, name, output_root)
-    if any(folder.resolve() == s.folder.resolve() for s in merged_sources):
-        raise ConversionError(f"{folder.name} is one of the sources; choose another dataset id")
-    check_setting_unchanged(folder, "labels_mode", labels)
+    target = dataset_path(dataset_id, name, output_root)
+    if any(target.resolve() == s.folder.resolve() for s in merged_sources):
+        raise ConversionError(f"{target.name} is one of the sources; choose another dataset id")
     jobs = []
     for source in merged_sources:
         annotated = sorted({v for v in source.label_map.values() if v != 0})
-        cases = get_filenames_of_train_images_and_targets(str(source.folder), source.dataset_json)
+        try:
+            cases = get_filenames_of_train_images_and_targets(str(source.folder), source.dataset_json)
+        except (OSError, KeyError, TypeError, ValueError, AssertionError) as e:
+            raise ConversionError(f"source {source.folder.name}: cannot list its training cases "
+                                  f"({type(e).__name__}: {e})") from None
         for case_id, files in sorted(cases.items()):
             new_id = f"{source.short}_{case_id}"
-            info = {"source": source.short, "dataset": source.folder.name, "annotated_labels": annotated,
-                    "labels_mode": labels}
+            info = {"source": source.short, "dataset": source.folder.name, "annotated_labels": annotated}
             jobs.append(CaseJob(new_id, load_case, (tuple(files["images"]), files["label"], source.label_map,
                                                     new_id, info)))
+    settings = {**crop, "sources": [s.folder.name for s in merged_sources], "labels": labels}
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME, settings, overwrite)
     file_ending = merged_sources[0].dataset_json["file_ending"]
     summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, file_ending=file_ending)
     case_sources = write_case_sources(folder, file_ending)  # also in dataset.json: the trainers read it there

@@ -5,11 +5,10 @@ send them to worker processes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
-from dataset_conversion.common import CASES_DIR, CaseData, CaseJob, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, finish_dataset, run_cases
 from nnunet_covid.core.errors import ConversionError
 
 
@@ -40,40 +39,24 @@ def check_label_values(label, case_id: str, allowed: Iterable[int], path: str | 
                               f"expected a subset of {sorted(set(allowed))}")
 
 
-def load_labelled_nifti(case_id: str, image_file: str, label_file: str, allowed_labels: tuple[int, ...],
-                        info: dict | None = None) -> CaseData:
-    """Loader of a one-channel image and its label map, both NIfTI, label values checked; ``info`` is recorded."""
+def load_labelled_nifti(case_id: str, image_file: str, label_file: str, allowed_labels: tuple[int, ...]) -> CaseData:
+    """Loader of a one-channel image and its label map, both NIfTI, label values checked."""
     image = read_image(image_file, case_id, "image")
     label = read_image(label_file, case_id, "label")
     check_label_values(label, case_id, allowed_labels, label_file)
-    return CaseData(images=[image], label=label, info=dict(info or {}))
+    return CaseData(images=[image], label=label)
 
 
 def convert_labelled_nifti_cases(folder: Path, cases, labels: dict[str, int], desc: str, num_processes: int = 1,
                                  crop_lung: bool = False, crop_margin_mm: float | None = None,
-                                 test_ids=frozenset(), info: dict | None = None, **dataset_json_fields) -> Path:
+                                 test_ids=frozenset(), **dataset_json_fields) -> Path:
     """Convert (case id, image file, label file) triples of one-channel CT into ``folder`` and finish it.
 
-    Cases in ``test_ids`` go to imagesTs/labelsTs; ``info`` is recorded with every case; the extra
-    keyword arguments go into dataset.json. Returns the folder (ConversionError on failed cases).
+    Cases in ``test_ids`` go to imagesTs/labelsTs; the extra keyword arguments go into dataset.json.
+    Returns the folder (ConversionError on failed cases).
     """
-    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(label), tuple(labels.values()), info),
+    jobs = [CaseJob(case_id, load_labelled_nifti, (case_id, str(image), str(label), tuple(labels.values())),
                     subset="Ts" if case_id in test_ids else "Tr")
             for case_id, image, label in cases]
     summary = run_cases(folder, jobs, num_processes, desc=desc, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
     return finish_dataset(folder, {0: "CT"}, labels, summary, **dataset_json_fields)
-
-
-def check_setting_unchanged(dataset_dir: Path, key: str, value) -> None:
-    """Refuse to resume into a dataset folder whose cases were written with a different ``key`` setting.
-
-    Finished cases are skipped on reruns, so mixing e.g. two ``--target`` choices in one folder would
-    silently give a dataset with inconsistent labels. The setting is read from the ``info`` of the
-    case records (``.cases/*.json``), so loaders must put ``key`` into their :class:`CaseData` info.
-    """
-    for record_file in sorted((Path(dataset_dir) / CASES_DIR).glob("*.json")):
-        previous = json.loads(record_file.read_text()).get("info", {}).get(key)
-        if previous is not None and previous != value:
-            raise ConversionError(f"{Path(dataset_dir).name} was written with {key}={previous!r}, not {value!r}: "
-                                  f"use another dataset id/name or delete that folder")
-        return

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import CaseData, CaseJob, dataset_folder, finish_dataset, run_cases
+from dataset_conversion.common import CaseData, CaseJob, crop_settings, finish_dataset, open_dataset, run_cases
+from dataset_conversion.input_files import walk_files
 from nnunet_covid.core.errors import ConversionError
-from dataset_conversion.nifti_cases import check_setting_unchanged, read_image
+from dataset_conversion.nifti_cases import read_image
 
 CLI_NAME = "nsclc-effusion"
 CLI_HELP = "NSCLC-Radiomics CTs with PleThora pleural effusion masks (3D CT, DICOM + NIfTI)"
@@ -43,6 +44,8 @@ LABELS = {"background": 0, "effusion": 1}
 REVIEWERS = ("first", "second")
 VOLUME_TOLERANCE = 0.10  # relative
 FLUID_HU_RANGE = (-200.0, 200.0)
+SETTINGS = ("reviewer",)
+LOCATIONS = ("ct_root",)
 
 
 def reviewer_mask_path(effusion_dir: Path, patient: str, reviewer: str) -> Path:
@@ -55,7 +58,7 @@ def find_ct_series(patient_dir: Path, case_id: str) -> Path:
 
     if not patient_dir.is_dir():
         raise ConversionError(f"case {case_id}: no DICOM folder {patient_dir}")
-    folders = sorted({p.parent for p in patient_dir.rglob("*") if p.is_file()})
+    folders = sorted({p.parent for p in walk_files(patient_dir)})
     ct_series = [info for info in map(series_info, folders) if info is not None and info.modality == "CT"]
     if not ct_series:
         raise ConversionError(f"case {case_id}: no DICOM series with Modality CT under {patient_dir}")
@@ -123,7 +126,7 @@ def load_case(case_id: str, ct_dir: str, mask_files: tuple[str, ...], reviewer: 
     if label is None:
         raise ConversionError(f"case {case_id}: no {reviewer} reviewer effusion mask "
                               f"({', '.join(Path(f).name for f in mask_files)} missing)")
-    return CaseData(images=[ct], label=label, info={"reviewer": reviewer, "masks": used})
+    return CaseData(images=[ct], label=label, info={"masks": used})
 
 
 def find_cases(input_dir: Path, ct_root: Path | None, reviewer: str) -> list[tuple[str, Path, tuple[Path, ...]]]:
@@ -143,7 +146,7 @@ def find_cases(input_dir: Path, ct_root: Path | None, reviewer: str) -> list[tup
 
 def convert_nsclc_effusion(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
                            num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None,
-                           reviewer: str = "union", ct_root=None) -> Path:
+                           reviewer: str = "union", ct_root=None, overwrite: bool = False) -> Path:
     """Convert PleThora + NSCLC-Radiomics; returns the dataset folder (ConversionError on failed cases)."""
     if crop_lung:
         raise ConversionError("--crop-lung would cut pleural effusions off: the lung mask it crops to excludes "
@@ -151,11 +154,11 @@ def convert_nsclc_effusion(input_dir, dataset_id: int, name: str = DEFAULT_NAME,
     if reviewer not in (*REVIEWERS, "union"):
         raise ConversionError(f"unknown reviewer {reviewer!r}; choose first, second or union")
     cases = find_cases(Path(input_dir), None if ct_root is None else Path(ct_root), reviewer)
-    folder = dataset_folder(dataset_id, name, output_root)
-    check_setting_unchanged(folder, "reviewer", reviewer)
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME,
+                          {**crop_settings(crop_lung, crop_margin_mm), "reviewer": reviewer}, overwrite)
     jobs = [CaseJob(case_id, load_case, (case_id, str(ct_dir), tuple(str(m) for m in masks), reviewer))
             for case_id, ct_dir, masks in cases]
-    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME, crop_lung=crop_lung, crop_margin_mm=crop_margin_mm)
+    summary = run_cases(folder, jobs, num_processes, desc=CLI_NAME)
     return finish_dataset(folder, {0: "CT"}, LABELS, summary, reviewer=reviewer,
                           description=f"NSCLC-Radiomics CT with PleThora pleural effusion masks ({reviewer} reviewer)")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dataset_conversion.common import dataset_folder
+from dataset_conversion.common import crop_settings, open_dataset
 from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nifti_cases import convert_labelled_nifti_cases
 
@@ -19,6 +19,8 @@ CLI_NAME = "structseg-lung-gtv"
 CLI_HELP = "StructSeg 2019 Task 4 lung GTV (3D CT)"
 DEFAULT_NAME = "StructSegGTV"
 LABELS = {"background": 0, "GTV": 1}
+SETTINGS = ()  # the converter has no options of its own
+LOCATIONS = ()
 
 
 def find_cases(input_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -31,11 +33,13 @@ def find_cases(input_dir: Path) -> list[tuple[str, Path, Path]]:
 
 
 def convert_structseg_lung_gtv(input_dir, dataset_id: int, name: str = DEFAULT_NAME, output_root=None,
-                      num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None) -> Path:
+                               num_processes: int = 1, crop_lung: bool = False, crop_margin_mm: float | None = None,
+                               overwrite: bool = False) -> Path:
     """Convert StructSeg Lung_GTV; returns the dataset folder (ConversionError listing failed cases at the end)."""
+    crop = crop_settings(crop_lung, crop_margin_mm)
     cases = find_cases(Path(input_dir))
-    folder = dataset_folder(dataset_id, name, output_root)
-    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, crop_lung, crop_margin_mm,
+    folder = open_dataset(dataset_id, name, output_root, CLI_NAME, crop, overwrite)
+    return convert_labelled_nifti_cases(folder, cases, LABELS, CLI_NAME, num_processes, **crop,
                                         description="StructSeg 2019 lung gross tumour volume")
 
 

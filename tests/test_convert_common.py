@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dataset_conversion.common import (CaseData, CaseJob, case_done, dataset_folder, finish_dataset, run_cases,
+from dataset_conversion.common import (CaseData, CaseJob, case_done, finish_dataset, open_dataset, run_cases,
                                        write_case)
 from nnunet_covid.core.errors import ConversionError
 from nnunet_covid.cli import main
@@ -32,20 +32,24 @@ def load_pair(case_id: str, fail: str = "", label_origin=(0.0, 0.0, 0.0)) -> Cas
     return CaseData([image], label, info={"n": int(case_id[-1])})
 
 
+def _open(dataset_id, name, output_root=None):
+    return open_dataset(dataset_id, name, output_root, "test", {})
+
+
 def test_dataset_folder_naming_and_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("nnUNet_raw", raising=False)
     with pytest.raises(ConversionError, match="nnUNet_raw is not set"):
-        dataset_folder(5, "Demo")
+        _open(5, "Demo")
     monkeypatch.setenv("nnUNet_raw", str(tmp_path))
-    assert dataset_folder(5, "Demo") == tmp_path / "Dataset005_Demo"
-    assert dataset_folder(5, "Demo", output_root=tmp_path / "x").name == "Dataset005_Demo"
+    assert _open(5, "Demo") == tmp_path / "Dataset005_Demo"
+    assert _open(5, "Demo", output_root=tmp_path / "x").name == "Dataset005_Demo"
     with pytest.raises(ConversionError, match="already used by .*Dataset005_Demo"):
-        dataset_folder(5, "Other")
+        _open(5, "Other")
     for bad_id in (0, 1000):
         with pytest.raises(ConversionError, match="1..999"):
-            dataset_folder(bad_id, "Demo")
+            _open(bad_id, "Demo")
     with pytest.raises(ConversionError, match="invalid dataset name"):
-        dataset_folder(6, "a b")
+        _open(6, "a b")
 
 
 def test_write_case_checks_geometry_and_writes_atomically(tmp_path):

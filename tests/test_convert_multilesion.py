@@ -91,7 +91,7 @@ def test_per_source_labels_and_case_metadata(raw):
         source_label = array(raw / source / "labelsTr" / f"{source_id}.nii.gz")
         np.testing.assert_array_equal(array(folder / "labelsTr" / f"{case_id}.nii.gz"), source_label * value)
     # resuming this folder in union mode would mix label conventions
-    with pytest.raises(ConversionError, match="labels_mode='per-source'"):
+    with pytest.raises(ConversionError, match="labels='per-source'"):
         convert_multilesion(raw, 101, name="MultiLesionPerSource", sources=SOURCES, labels="union")
 
 

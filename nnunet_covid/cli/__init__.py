@@ -2,7 +2,9 @@
 
 Every subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and keeps heavy
 imports (torch, nnU-Net) inside ``run`` so that ``--help`` stays fast. Errors of the product
-(:class:`~nnunet_covid.core.errors.NnunetCovidError`) are printed as one line with exit code 2.
+(:class:`~nnunet_covid.core.errors.NnunetCovidError`) are printed as one line with exit code 2; so is,
+as a last resort, an operating-system error (a file that cannot be read or written) that no check
+named first.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("nnunet_covid.cli.convert", "convert a raw public dataset into an nnU-Net raw dataset"),
     "uncrop": ("nnunet_covid.cli.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),
     "evaluate": ("nnunet_covid.cli.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
+    "quantify": ("nnunet_covid.cli.quantify", "infection burden per case (lesion/lung mL, % of each lung, CT-0..CT-4) "
+                                              "with overlay pictures"),
     "study": ("nnunet_covid.cli.study", "run or print every training/prediction/evaluation of a study grid"),
     "report": ("nnunet_covid.cli.report", "the papers' tables, paired tests and box plots from study results"),
 }
@@ -47,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except NnunetCovidError as e:
         print(f"nnunet-covid {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        print(f"nnunet-covid {args.command}: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nnunet-covid {args.command}: interrupted", file=sys.stderr)

@@ -4,13 +4,14 @@ Every module of :data:`dataset_conversion.CONVERTER_MODULES` contributes one sub
 exposes ``CLI_NAME`` (the sub-subcommand), ``CLI_HELP`` (one line), ``add_arguments(parser)`` for its
 dataset-specific flags, whose destinations are keyword arguments of its ``CONVERT`` function, and
 ``CONVERT`` (``convert_<name>``). The common flags (--input, --dataset-id, --name, --num-processes,
---crop-lung, --crop-margin, --output-root) are added here. Converter modules keep heavy imports
+--crop-lung, --crop-margin, --output-root, --overwrite) are added here. Converter modules keep heavy imports
 (SimpleITK, nnU-Net) inside functions so that ``--help`` stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from pathlib import Path
 
 from dataset_conversion import CONVERTER_MODULES
@@ -37,6 +38,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _margin_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a margin in mm, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"the margin must be a finite number of mm >= 0, got {text}")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every converter shares."""
     parser.add_argument("--input", "-i", required=True, type=Path, metavar="RAW",
@@ -49,16 +60,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-lung", action="store_true",
                         help="crop every case to its lungs' bounding box (Liao et al. 2019 lung mask); "
                              "boxes go to crop_boxes.json for `nnunet-covid uncrop`")
-    parser.add_argument("--crop-margin", type=float, default=None, metavar="MM",
-                        help="margin around the lung bounding box in mm (default 10)")
+    parser.add_argument("--crop-margin", type=_margin_mm, default=None, metavar="MM",
+                        help="margin around the lung bounding box in mm, >= 0 (default 10; needs --crop-lung)")
     parser.add_argument("--output-root", "-o", type=Path, default=None,
                         help="raw-data root to write into (default: $nnUNet_raw)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete and rebuild the dataset folder when it was converted before (needed to change "
+                             "its settings, which are recorded in conversion_settings.json)")
 
 
 def common_kwargs(args: argparse.Namespace) -> dict:
     """The keyword arguments every ``convert_<name>`` function accepts, from the common flags."""
     kwargs = dict(input_dir=args.input, dataset_id=args.dataset_id, output_root=args.output_root,
-                  num_processes=args.num_processes, crop_lung=args.crop_lung, crop_margin_mm=args.crop_margin)
+                  num_processes=args.num_processes, crop_lung=args.crop_lung, crop_margin_mm=args.crop_margin,
+                  overwrite=args.overwrite)
     if args.name is not None:
         kwargs["name"] = args.name
     return kwargs
@@ -78,7 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.input.is_dir():
-        raise UsageError(f"input folder {args.input} does not exist")
+        raise UsageError(f"input folder {args.input} is not a folder" if args.input.exists()
+                         else f"input folder {args.input} does not exist")
+    if args.crop_margin is not None and not args.crop_lung:
+        raise UsageError("--crop-margin needs --crop-lung")
     folder = args._convert(**common_kwargs(args), **{name: getattr(args, name) for name in args._specific})
     print(f"wrote {folder}")
     return 0
