@@ -25,11 +25,12 @@ def _write(array: np.ndarray, path, spacing=SITK_SPACING, origin=(0.0, 0.0, 0.0)
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Three cases with labels 1 and 2; case_2's prediction misses label 2 entirely."""
+    """Three cases with labels 1 and 2 (declared in a dataset.json); case_2's prediction misses label 2 entirely."""
     root = tmp_path_factory.mktemp("eval")
     gt_dir, pred_dir = root / "gt", root / "pred"
     gt_dir.mkdir()
     pred_dir.mkdir()
+    (gt_dir / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "one": 1, "two": 2}}))
     rng = np.random.default_rng(0)
     arrays = {}
     for i in range(3):
@@ -99,14 +100,15 @@ def test_geometry_mismatch_is_an_error_naming_the_case(folders, tmp_path, capsys
     pred_dir.mkdir()
     _write(arrays["case_0"][1], pred_dir / "case_0.nii.gz")
     _write(arrays["case_1"][1], pred_dir / "case_1.nii.gz", origin=(5.0, 0.0, 0.0))
-    assert main(["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "-np", "1",
+    assert main(["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "-np", "1", "--predicted-only",
                  "-o", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err
     assert "case case_1" in err and "origin" in err and "Traceback" not in err
     assert not (tmp_path / "o.json").exists()
 
     _write(arrays["case_1"][1][:, :20], pred_dir / "case_1.nii.gz")
-    assert main(["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "-np", "1", "-o", str(tmp_path)]) == 2
+    assert main(["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "-np", "1", "--predicted-only",
+                 "-o", str(tmp_path)]) == 2
     assert "case case_1" in capsys.readouterr().err
 
 

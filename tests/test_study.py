@@ -64,13 +64,14 @@ def test_print_commands_lists_the_grid_exactly(study_env, capsys):
         [*roots_env, f"nnUNet_results={s}/runs/scratch", ext, "nnUNetv2_train", TARGET, "3d_fullres", "0",
          "-tr", "nnUNetTrainer", "-p", "nnUNetPlans"],
         ["nnunet-covid", "evaluate", "--gt", str(labels_tr), "--pred", str(scratch_fold / "validation"),
-         "--labels", "1", "--tolerance-mm", "2.0", "-np", "1", "-o", f"{s}/evaluation/scratch/fold_0.json"],
+         "--labels", "1", "--tolerance-mm", "2.0", "-np", "1", "-o", f"{s}/evaluation/scratch/fold_0.json",
+         "--predicted-only"],
         # our transfer trainers take the checkpoint by convention: the segmentation head is kept when it fits
         [*roots_env, f"nnUNet_results={s}/runs/lesions", ext, f"nnUNet_covid_pretrained={checkpoint}",
          "nnUNetv2_train", TARGET, "3d_fullres", "0", "-tr", "BodyFineTuneTrainer", "-p", "nnUNetPlans"],
         ["nnunet-covid", "evaluate", "--gt", str(labels_tr), "--pred", str(ft_fold / "validation"),
          "--labels", "1", "--tolerance-mm", "2.0", "-np", "1", "-o",
-         f"{s}/evaluation/body_finetune__lesions/fold_0.json"],
+         f"{s}/evaluation/body_finetune__lesions/fold_0.json", "--predicted-only"],
         ["nnunet-covid", "report", str(s), "-o", f"{s}/report"],
     ]
     manifest = json.loads((study_dir / "study_manifest.json").read_text())

@@ -5,20 +5,50 @@ See :mod:`nnunet_covid.evaluation.evaluate` for the matching of cases, the metri
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from nnunet_covid.core.errors import UsageError
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tolerance in mm, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the tolerance must be a finite number of mm > 0, got {text}")
+    return value
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth segmentations")
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations (same names)")
-    parser.add_argument("--labels", type=int, nargs="+", default=None,
+    parser.add_argument("--labels", type=_at_least(1), nargs="+", default=None,
                         help="label values to score, each as a binary mask (default: dataset.json's labels, else 1)")
-    parser.add_argument("--tolerance-mm", type=float, default=3.0, help="NSD tolerance tau in mm (default 3)")
+    parser.add_argument("--tolerance-mm", type=_tolerance, default=3.0, help="NSD tolerance tau in mm (default 3)")
     parser.add_argument("--per-patient-2d", action="store_true",
                         help="stack 2D slices '<patient>_<index>' per patient before scoring (nCoVSegNet)")
-    parser.add_argument("-np", "--num-processes", type=int, default=None,
+    missing = parser.add_mutually_exclusive_group()
+    missing.add_argument("--missing-as-empty", action="store_true",
+                         help="score a ground-truth case without prediction as an empty prediction "
+                              "(default: such cases are an error listing them)")
+    missing.add_argument("--predicted-only", action="store_true",
+                         help="score only the cases that have a prediction, e.g. one fold's validation cases against "
+                              "the whole labelsTr (the ground-truth cases left out are counted in the results)")
+    parser.add_argument("-np", "--num-processes", type=_at_least(1), default=None,
                         help="worker processes (default: nnUNet_def_n_proc or nnU-Net's default)")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="results .json file, or a folder that receives metrics.json; CSVs are written beside it")
@@ -27,16 +57,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nnunet_covid.evaluation.evaluate import evaluate_folders, output_paths
 
-    if args.tolerance_mm <= 0:
-        raise UsageError(f"--tolerance-mm must be positive, got {args.tolerance_mm}")
-    output = args.output if args.output.suffix == ".json" else args.output / "metrics.json"
+    if args.output.suffix == ".json":
+        output = args.output
+    elif args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"-o {args.output} exists and is not a folder (give a folder or a .json file name)")
+    else:
+        output = args.output / "metrics.json"
     num_processes = args.num_processes
     if num_processes is None:
         from nnunetv2.configuration import default_num_processes
         num_processes = default_num_processes
+    missing = "empty" if args.missing_as_empty else "skip" if args.predicted_only else "error"
     results = evaluate_folders(args.gt, args.pred, args.labels, args.tolerance_mm, num_processes, output,
-                               args.per_patient_2d, progress=True)
-    summary = results["summary"]
+                               args.per_patient_2d, progress=True, missing=missing)
+    coverage, summary = results["coverage"], results["summary"]
+    notes = [f"{len(coverage['scored_as_empty'])} without prediction scored as empty"] if coverage["scored_as_empty"] \
+        else [f"{len(coverage['left_out'])} without prediction left out"] if coverage["left_out"] else []
+    print(f"scored {coverage['scored_cases']} of {coverage['ground_truth_cases']} ground-truth cases"
+          + (f" ({notes[0]})" if notes else ""))
     print(f"{len(results['cases'])} case-label pairs; " + ", ".join(
         f"{name.upper()} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}"
         for name in ("dsc", "nsd") if summary[name]["mean"] is not None))

@@ -1,8 +1,11 @@
 """Score predicted segmentations against ground truth with the papers' metrics (JSON + CSV).
 
-Every prediction in ``--pred`` is matched by case identifier to ``--gt``; each label of
-``--labels`` is scored as a binary mask (DSC, NSD@tau, SEN, SPE, PPV, VOE, |RVD|, F1, ACC, HD95;
-see :mod:`nnunet_covid.evaluation.metrics` for definitions and the empty-mask policy).
+Every ground-truth case in ``--gt`` is matched by case identifier to its prediction in ``--pred``
+(a missing prediction is an error unless ``--missing-as-empty`` or ``--predicted-only``; the
+results state how many cases were scored of how many); each label of ``--labels`` is scored as a
+binary mask (DSC, NSD@tau, SEN, SPE, PPV, VOE, |RVD|, F1, ACC, HD95; see
+:mod:`nnunet_covid.evaluation.metrics` for definitions and the empty-mask policy). Label maps with
+values that are not labels of the dataset (0/255 masks, probabilities, NaN) are errors naming the case.
 ``--per-patient-2d`` stacks 2D slices named ``<patient>_<index>`` per patient before scoring
 (as nCoVSegNet reports its metrics); surface metrics then use per-slice contours.
 """
@@ -20,8 +23,11 @@ import numpy as np
 
 from nnunet_covid.core.atomic_io import atomic_write_text
 from nnunet_covid.evaluation.metrics import METRIC_NAMES, compute_metrics
-from nnunet_covid.core.errors import EvaluationError
+from nnunet_covid.core.errors import EvaluationError, UsageError
 from nnunet_covid.evaluation.segmentation_io import (
+    Segmentation,
+    allowed_label_values,
+    check_label_values,
     check_same_geometry,
     pair_cases,
     patient_of_slice,
@@ -45,15 +51,27 @@ def _score(case: str, gt: np.ndarray, pred: np.ndarray, spacing, labels: Sequenc
     return rows
 
 
+def _read_labels(reader, path: Path, case: str, what: str, allowed: set[int]) -> Segmentation:
+    segmentation = read_segmentation(reader, path, case)
+    check_label_values(case, what, path, segmentation.array, allowed)
+    return segmentation
+
+
 def _evaluate_case(job: tuple) -> list[dict]:
-    """Worker: read one case (or one patient's slices), check geometry, score every label."""
-    case, pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient = job
+    """Worker: read one case (or one patient's slices), check values and geometry, score every label.
+
+    A missing prediction (None) is scored as an empty one on the ground truth's grid.
+    """
+    case, pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient, allowed = job
     reader = reader_for(file_ending, pairs[0][1], dataset_json)
     gts, preds = [], []
     for slice_case, gt_file, pred_file in pairs:
-        gt = read_segmentation(reader, gt_file, slice_case)
-        pred = read_segmentation(reader, pred_file, slice_case)
-        check_same_geometry(slice_case, gt, pred)
+        gt = _read_labels(reader, gt_file, slice_case, "ground truth", allowed)
+        if pred_file is None:
+            pred = Segmentation(np.zeros_like(gt.array), gt.spacing, gt.origin, gt.direction)
+        else:
+            pred = _read_labels(reader, pred_file, slice_case, "prediction", allowed)
+            check_same_geometry(slice_case, gt, pred)
         gts.append(gt)
         preds.append(pred)
     if not per_patient:
@@ -66,16 +84,16 @@ def _evaluate_case(job: tuple) -> list[dict]:
     return _score(case, gt_stack, pred_stack, (1.0, *gts[0].spacing), labels, tolerance_mm, True)
 
 
-def _jobs(pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient) -> list[tuple]:
+def _jobs(pairs, labels, tolerance_mm, file_ending, dataset_json, per_patient, allowed) -> list[tuple]:
     if not per_patient:
-        return [(case, [(case, g, p)], labels, tolerance_mm, file_ending, dataset_json, False)
+        return [(case, [(case, g, p)], labels, tolerance_mm, file_ending, dataset_json, False, allowed)
                 for case, g, p in pairs]
     patients: dict[str, list] = defaultdict(list)
     for case, g, p in pairs:
         patient, index = patient_of_slice(case)
         patients[patient].append((index, (case, g, p)))
-    return [(patient, [item for _, item in sorted(slices)], labels, tolerance_mm, file_ending, dataset_json, True)
-            for patient, slices in sorted(patients.items())]
+    return [(patient, [item for _, item in sorted(slices)], labels, tolerance_mm, file_ending, dataset_json, True,
+             allowed) for patient, slices in sorted(patients.items())]
 
 
 def _finite(values: Iterable[float]) -> list[float]:
@@ -124,14 +142,29 @@ def output_paths(output_file: Path) -> dict[str, Path]:
             "summary_csv": output_file.with_name(f"{stem}_summary.csv")}
 
 
+def check_output_file(output_file: Path) -> None:
+    """Raise UsageError unless the results file (and its CSVs beside it) can be written; nothing is created."""
+    from nnunet_covid.core.output_paths import check_writable_folder
+
+    output_file = Path(output_file)
+    for path in output_paths(output_file).values():
+        if path.exists() and not path.is_file():
+            raise UsageError(f"-o: {path} exists and is not a file")
+    check_writable_folder(output_file.parent, "-o: the folder")
+
+
 def write_results(results: dict, output_file: Path) -> dict[str, Path]:
     paths = output_paths(output_file)
-    atomic_write_text(paths["per_case_csv"], csv_text(_json_safe(results["cases"]), ["case", "label", *METRIC_NAMES]))
     summary_rows = [{"label": label, "metric": name, **stats}
                     for label, per_metric in [("all", results["summary"]), *results["summary_per_label"].items()]
                     for name, stats in per_metric.items()]
-    atomic_write_text(paths["summary_csv"], csv_text(summary_rows, ["label", "metric", "mean", "std", "n", "n_excluded"]))
-    atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2))  # last: its presence means complete
+    try:
+        atomic_write_text(paths["per_case_csv"], csv_text(_json_safe(results["cases"]), ["case", "label", *METRIC_NAMES]))
+        atomic_write_text(paths["summary_csv"], csv_text(summary_rows, ["label", "metric", "mean", "std", "n",
+                                                                        "n_excluded"]))
+        atomic_write_text(paths["json"], json.dumps(_json_safe(results), indent=2))  # last: its presence means complete
+    except OSError as e:
+        raise EvaluationError(f"cannot write the results to {output_file.parent}: {e.strerror or e}") from None
     return paths
 
 
@@ -149,21 +182,43 @@ def default_labels(dataset_json: dict | None) -> list[int]:
     return sorted(labels) or [1]
 
 
+def check_options(labels: Sequence[int] | None, tolerance_mm: float, num_processes: int) -> None:
+    """Raise UsageError for a tolerance that is not a finite positive number of mm, < 1 process, or a label < 1."""
+    if not isinstance(tolerance_mm, (int, float)) or isinstance(tolerance_mm, bool) or not math.isfinite(tolerance_mm) \
+            or tolerance_mm <= 0:
+        raise UsageError(f"--tolerance-mm must be a finite number of mm > 0, got {tolerance_mm}")
+    if not isinstance(num_processes, int) or num_processes < 1:
+        raise UsageError(f"-np must be at least 1, got {num_processes}")
+    bad = [l for l in labels or () if not isinstance(l, (int, np.integer)) or isinstance(l, bool) or l < 1]
+    if bad:
+        raise UsageError(f"--labels must be foreground label values >= 1, got {bad}")
+
+
 def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int] | None = None, tolerance_mm: float = 3.0,
                      num_processes: int = 1, output_file=None, per_patient_2d: bool = False,
-                     progress: bool = False) -> dict:
-    """Score every prediction in ``pred_dir`` against ``gt_dir``; returns (and optionally writes) the results.
+                     progress: bool = False, missing: str = "error") -> dict:
+    """Score every ground-truth case of ``gt_dir`` against its prediction in ``pred_dir``; returns (and optionally
+    writes) the results.
 
-    Returns ``{"cases": [{"case", "label", <metrics>}...], "summary": {metric: {"mean", "std", "n",
-    "n_excluded"}} (over all cases and labels), "summary_per_label": {label: {...}}, "settings": {...}}``.
-    With ``output_file`` (``.json``) also writes ``<stem>_per_case.csv`` and ``<stem>_summary.csv`` beside it.
-    Raises :class:`EvaluationError` naming the case for unreadable files, missing ground truth or
-    geometry mismatch. Infinite values (HD95 against an empty mask) are ``inf`` here, ``null`` in JSON.
+    ``missing`` says what a ground-truth case without prediction is: an error listing those cases
+    (``"error"``), an empty prediction (``"empty"``) or left out (``"skip"``). Returns ``{"cases":
+    [{"case", "label", <metrics>}...], "summary": {metric: {"mean", "std", "n", "n_excluded"}} (over all
+    cases and labels), "summary_per_label": {label: {...}}, "coverage": {"ground_truth_cases",
+    "scored_cases", "scored_as_empty", "left_out"}, "settings": {...}}``. With ``output_file``
+    (``.json``) also writes ``<stem>_per_case.csv`` and ``<stem>_summary.csv`` beside it. Raises
+    :class:`EvaluationError` naming the case for unreadable files, missing ground truth, label values
+    that are not the dataset's or geometry mismatch. Infinite values (HD95 against an empty mask) are
+    ``inf`` here, ``null`` in JSON.
     """
+    check_options(labels, tolerance_mm, num_processes)
+    if output_file is not None:
+        check_output_file(Path(output_file))
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    pairs, file_ending, dataset_json = pair_cases(gt_dir, pred_dir)
+    matched = pair_cases(gt_dir, pred_dir, missing)
+    dataset_json, file_ending = matched.dataset_json, matched.file_ending
     labels = [int(l) for l in labels] if labels else default_labels(dataset_json)
-    jobs = _jobs(pairs, labels, float(tolerance_mm), file_ending, dataset_json, per_patient_2d)
+    allowed = allowed_label_values(dataset_json, labels)
+    jobs = _jobs(matched.pairs, labels, float(tolerance_mm), file_ending, dataset_json, per_patient_2d, allowed)
     rows: list[dict] = []
     from tqdm import tqdm
 
@@ -174,16 +229,22 @@ def evaluate_folders(gt_dir, pred_dir, labels: Sequence[int] | None = None, tole
                 bar.update()
         else:
             import multiprocessing
+            import os
 
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            from nnunet_covid.core.worker_processes import die_with_parent
+
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs)), initializer=die_with_parent,
+                                                           initargs=(os.getpid(),)) as pool:
                 for case_rows in pool.imap(_evaluate_case, jobs):
                     rows.extend(case_rows)
                     bar.update()
     results = {
         "settings": {"gt_dir": str(gt_dir), "pred_dir": str(pred_dir), "labels": labels,
-                     "tolerance_mm": float(tolerance_mm), "per_patient_2d": per_patient_2d,
+                     "tolerance_mm": float(tolerance_mm), "per_patient_2d": per_patient_2d, "missing": missing,
                      "file_ending": file_ending, "hd95": HD95_DEFINITION, "empty_policy": EMPTY_POLICY,
                      "std": "population standard deviation over cases with finite values"},
+        "coverage": {"ground_truth_cases": matched.n_ground_truth, "scored_cases": len(matched.pairs),
+                     "scored_as_empty": matched.scored_empty, "left_out": matched.left_out},
         "cases": rows,
         "summary": summarize(rows),
         "summary_per_label": {str(label): summarize([r for r in rows if r["label"] == label]) for label in labels},

@@ -345,6 +345,8 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                              "-o", str(evaluation)]
                 if target.get("per_patient_2d"):
                     eval_argv.append("--per-patient-2d")
+                if test_cases == "validation":  # the fold's validation cases, scored against the whole labelsTr
+                    eval_argv.append("--predicted-only")
                 evaluate = Step(f"evaluate_{run.dir_name}_fold{fold}", "evaluate", f"evaluate {title}", [eval_argv], {},
                                 [evaluation], logs / f"evaluate_{run.dir_name}_fold{fold}.log", after=[predict])
                 steps.append(evaluate)
