@@ -250,18 +250,23 @@ def crop_to_lungs(images, label=None, margin_mm: float = DEFAULT_MARGIN_MM, case
     return cropped, (None if label is None else sitk.RegionOfInterest(label, size, index)), box
 
 
+def check_fits_box(size, origin, box: dict, case_id: str = "?") -> None:
+    """Raise ConversionError unless an image of ``size`` and ``origin`` lies on ``box``'s cropped grid."""
+    if list(size) != list(box["crop_size"]):
+        raise ConversionError(f"case {case_id}: prediction size {list(size)} does not match the crop "
+                              f"box size {box['crop_size']} (x, y, z); was it predicted from the cropped dataset?")
+    expected_origin = np.asarray(box["original_origin"]) + np.asarray(box["original_direction"]).reshape(3, 3) @ (
+        np.asarray(box["crop_index"]) * np.asarray(box["original_spacing"]))
+    if not np.allclose(origin, expected_origin, atol=1e-2):
+        raise ConversionError(f"case {case_id}: prediction origin {tuple(np.round(origin, 3).tolist())} is not the "
+                              f"crop box origin {tuple(np.round(expected_origin, 3).tolist())}")
+
+
 def uncrop(image, box: dict, case_id: str = "?"):
     """Paste ``image`` (on the cropped grid of ``box``) into a zero image on the original grid."""
     import SimpleITK as sitk
 
-    if list(image.GetSize()) != list(box["crop_size"]):
-        raise ConversionError(f"case {case_id}: prediction size {list(image.GetSize())} does not match the crop "
-                              f"box size {box['crop_size']} (x, y, z); was it predicted from the cropped dataset?")
-    expected_origin = np.asarray(box["original_origin"]) + np.asarray(box["original_direction"]).reshape(3, 3) @ (
-        np.asarray(box["crop_index"]) * np.asarray(box["original_spacing"]))
-    if not np.allclose(image.GetOrigin(), expected_origin, atol=1e-2):
-        raise ConversionError(f"case {case_id}: prediction origin {tuple(np.round(image.GetOrigin(), 3).tolist())} is not the "
-                              f"crop box origin {tuple(np.round(expected_origin, 3).tolist())}")
+    check_fits_box(image.GetSize(), image.GetOrigin(), box, case_id)
     array = sitk.GetArrayFromImage(image)
     full = np.zeros(tuple(box["original_size"][::-1]) + array.shape[3:], dtype=array.dtype)
     x, y, z = box["crop_index"]

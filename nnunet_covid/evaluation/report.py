@@ -42,42 +42,94 @@ def _run_label(dir_name: str) -> str:
     return f"{strategy}[{source}]" if source else strategy
 
 
+def _manifest_path(value, key: str, study_dir: Path, manifest: Path) -> Path:
+    """A path of the manifest: relative ones are relative to the study folder; absolute ones must lie inside it."""
+    from nnunet_covid.core.output_paths import is_inside
+
+    if not isinstance(value, str) or not value:
+        raise EvaluationError(f"{manifest}: '{key}' must be a path, got {value!r}")
+    path = Path(value)
+    if path.is_absolute() and not is_inside(path, study_dir):
+        raise EvaluationError(f"{manifest}: '{key}' {path} lies outside the study folder {study_dir} (a manifest "
+                              f"written before the study was copied or moved); rewrite it with `nnunet-covid study "
+                              f"GRID --workdir {study_dir} --print-commands`")
+    return study_dir / path
+
+
+def _read_manifest(manifest: Path, study_dir: Path) -> tuple[list[dict], str | None]:
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EvaluationError(f"{manifest}: not a readable study manifest ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise EvaluationError(f"{manifest}: not a study manifest (expected an object with a 'runs' list)")
+    baseline = data.get("baseline")
+    if baseline is not None and not isinstance(baseline, str):
+        raise EvaluationError(f"{manifest}: 'baseline' must be a strategy name, got {baseline!r}")
+    runs = []
+    for i, run in enumerate(data["runs"]):
+        if not isinstance(run, dict) or not isinstance(run.get("label"), str) or not isinstance(run.get("folds"), dict):
+            raise EvaluationError(f"{manifest}: runs[{i}] must be an object with a 'label' and a 'folds' object")
+        for fold, files in run["folds"].items():
+            if not isinstance(files, dict):
+                raise EvaluationError(f"{manifest}: runs[{i}] fold {fold} must be an object of paths")
+            runs.append({"label": run["label"], "fold": fold,
+                         "evaluation": _manifest_path(files.get("evaluation"), "evaluation", study_dir, manifest),
+                         "training_dir": _manifest_path(files["training_dir"], "training_dir", study_dir, manifest)
+                         if files.get("training_dir") else None})
+    return runs, baseline
+
+
 def discover_runs(study_dir: Path) -> tuple[list[dict], str | None]:
     """Runs of a study folder (manifest first, else ``evaluation/<run>/fold_<k>.json``) and its baseline.
 
-    Relative paths in the manifest are relative to the study folder, so a copied or moved study reports
-    its own files.
+    Paths in the manifest are relative to the study folder, so a copied or moved study reports its own
+    files; an absolute path outside the study folder (an old manifest of a copied study) is an error.
     """
     manifest = study_dir / MANIFEST
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-            runs = [{"label": r["label"], "fold": fold, "evaluation": study_dir / f["evaluation"],
-                     "training_dir": study_dir / f["training_dir"] if f.get("training_dir") else None}
-                    for r in data["runs"] for fold, f in r["folds"].items()]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise EvaluationError(f"{manifest}: not a study manifest ({type(e).__name__}: {e})") from None
-        return runs, data.get("baseline")
+    if manifest.exists():
+        return _read_manifest(manifest, study_dir)
     runs = [{"label": _run_label(path.parent.name), "fold": path.stem[len("fold_"):], "evaluation": path,
              "training_dir": None}
             for path in sorted((study_dir / "evaluation").glob("*/fold_*.json"))]
     return runs, None
 
 
+def _number_or_none(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _case_rows(evaluation, where: str) -> list[dict]:
+    """The per-case rows of one evaluation result, checked (case, label and every metric as a number or null)."""
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("cases"), list):
+        raise EvaluationError(f"{where}: not an evaluation result (expected an object with a 'cases' list, as "
+                              f"`nnunet-covid evaluate` writes)")
+    for i, case in enumerate(evaluation["cases"]):
+        if not isinstance(case, dict) or not isinstance(case.get("case"), str) or isinstance(case.get("label"), bool) \
+                or not isinstance(case.get("label"), int):
+            raise EvaluationError(f"{where}: cases[{i}] needs a 'case' name and an integer 'label'")
+        bad = [m for m in METRIC_NAMES if not _number_or_none(case.get(m, "missing"))]
+        if bad:
+            raise EvaluationError(f"{where}: case {case['case']} has no number for {', '.join(bad)}")
+    return evaluation["cases"]
+
+
 def _load_rows(runs: Iterable[dict]) -> tuple[list[dict], list[str]]:
     """Per-case rows tagged with strategy label and fold; runs whose evaluation is missing are listed."""
     rows, missing = [], []
     for run in runs:
-        evaluation = run["evaluation"]
+        evaluation, where = run["evaluation"], f"{run['label']} fold {run['fold']}"
         if isinstance(evaluation, (str, Path)):
+            where = str(evaluation)
             if not Path(evaluation).is_file():
                 missing.append(f"{run['label']} fold {run['fold']}")
                 continue
             try:
-                evaluation = json.loads(Path(evaluation).read_text())
-            except json.JSONDecodeError as e:
-                raise EvaluationError(f"{run['evaluation']}: not valid JSON ({e})") from None
-        for case in evaluation["cases"]:
+                evaluation = json.loads(Path(evaluation).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise EvaluationError(f"{run['evaluation']}: not a readable evaluation result "
+                                      f"({type(e).__name__}: {e})") from None
+        for case in _case_rows(evaluation, where):
             rows.append({**case, "strategy": run["label"], "fold": str(run["fold"])})
     return rows, missing
 
@@ -169,10 +221,14 @@ def build_report(results, out_dir, baseline: str | None = None) -> dict:
     Run dicts: ``{"label": "body_finetune[multilesion]", "fold": 0, "evaluation": <evaluate_folders
     result or its JSON path>, "training_dir": <nnU-Net fold folder with training_log_*.txt> or None}``.
     """
+    from nnunet_covid.core.output_paths import check_writable_folder
+
+    check_writable_folder(out_dir, "report folder")
     if isinstance(results, (str, Path)):
         study_dir = Path(results)
         if not study_dir.is_dir():
-            raise EvaluationError(f"study results folder {study_dir} does not exist")
+            raise EvaluationError(f"study results folder {study_dir} " + ("is not a folder" if study_dir.exists()
+                                                                          else "does not exist"))
         runs, study_baseline = discover_runs(study_dir)
     else:
         runs, study_baseline = list(results), None
