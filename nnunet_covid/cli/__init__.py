@@ -21,8 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("nnunet_covid.cli.convert", "convert a raw public dataset into an nnU-Net raw dataset"),
     "uncrop": ("nnunet_covid.cli.uncrop", "paste predictions on a lung-cropped dataset back into the original geometry"),
     "evaluate": ("nnunet_covid.cli.evaluate", "score predictions against ground truth (DSC, NSD, HD95, ...)"),
-    "quantify": ("nnunet_covid.cli.quantify", "infection burden per case (lesion/lung mL, % of each lung, CT-0..CT-4) "
-                                              "with overlay pictures"),
+    "quantify": ("nnunet_covid.cli.quantify", "infection burden per case (lesion and lung mL, percent of each lung, "
+                                              "CT-0..CT-4) with overlay pictures"),
     "study": ("nnunet_covid.cli.study", "run or print every training/prediction/evaluation of a study grid"),
     "report": ("nnunet_covid.cli.report", "the papers' tables, paired tests and box plots from study results"),
 }

@@ -227,10 +227,12 @@ def read_segmentation(reader, path: Path, case: str) -> Segmentation:
     return Segmentation(array, spacing, origin, direction)
 
 
-def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation, reference: str = "ground truth") -> None:
+def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation, reference: str = "ground truth",
+                        reference_file: Path | None = None) -> None:
     """Raise EvaluationError naming ``case`` unless shape, spacing, origin and direction agree.
 
-    ``reference`` names what ``gt`` is in the message (the ground truth, the image, a lung mask).
+    ``reference`` names what ``gt`` is in the message (the ground truth, the image, a lung mask), and
+    ``reference_file`` its file.
     """
     problems = []
     if gt.array.shape != pred.array.shape:
@@ -243,7 +245,8 @@ def check_same_geometry(case: str, gt: Segmentation, pred: Segmentation, referen
             not np.allclose(gt.direction, pred.direction, atol=1e-4):
         problems.append(f"direction {pred.direction} vs {gt.direction}")
     if problems:
-        raise EvaluationError(f"case {case}: prediction geometry differs from its {reference}: "
+        raise EvaluationError(f"case {case}: prediction geometry differs from its {reference}"
+                              + (f" {reference_file}: " if reference_file else ": ")
                               + "; ".join(problems) + f" (prediction vs {reference})")
 
 
