@@ -149,7 +149,7 @@ def load_study(path: Path) -> dict:
                                                                       <= set(v) and all(map(_text, v.values()))),
                          "labels": lambda v: isinstance(v, list) and v and all(_is_int(l) and l > 0 for l in v)},
                 f"{where}: target",
-                {"tolerance_mm": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                {"tolerance_mm": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf"),
                  "per_patient_2d": lambda v: isinstance(v, bool), "tta": lambda v: isinstance(v, bool)})
     sources = study.get("pretrained_sources", {})
     for name, source in sources.items():
