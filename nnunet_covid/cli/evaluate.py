@@ -8,6 +8,7 @@ import argparse
 import math
 from pathlib import Path
 
+from nnunet_covid.cli.quantify import LUNGS_HELP, lung_source
 from nnunet_covid.core.errors import UsageError
 
 
@@ -52,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes (default: nnUNet_def_n_proc or nnU-Net's default)")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="results .json file, or a folder that receives metrics.json; CSVs are written beside it")
+    pictures = parser.add_argument_group("pictures of the worst and best cases")
+    pictures.add_argument("--overlays", type=_at_least(1), default=None, metavar="N",
+                          help="draw the N worst and N best cases by DSC (CT, lungs, ground-truth and predicted "
+                               "contours) into overlays/ beside the results, with overlays/index.html")
+    pictures.add_argument("--images", type=Path, default=None,
+                          help="CT images <case>_0000<ending> for --overlays (default: imagesTr/imagesTs beside --gt)")
+    pictures.add_argument("--lungs", type=lung_source, default=None, help="lungs for --overlays: " + LUNGS_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output} exists and is not a folder (give a folder or a .json file name)")
     else:
         output = args.output / "metrics.json"
+    if args.overlays:
+        check_overlay_options(args)
     num_processes = args.num_processes
     if num_processes is None:
         from nnunetv2.configuration import default_num_processes
@@ -80,4 +90,20 @@ def run(args: argparse.Namespace) -> int:
         for name in ("dsc", "nsd") if summary[name]["mean"] is not None))
     paths = output_paths(output)
     print(f"written {paths['json']}, {paths['per_case_csv'].name}, {paths['summary_csv'].name}")
+    if args.overlays:
+        from nnunet_covid.evaluation.burden_report import evaluation_overlays
+
+        index = evaluation_overlays(results, args.images, args.overlays, args.lungs, output.parent / "overlays")
+        print(f"written the worst and best cases' pictures: {index}")
     return 0
+
+
+def check_overlay_options(args: argparse.Namespace) -> None:
+    """--overlays needs 3D cases and their CT images (checked before anything is scored)."""
+    from nnunet_covid.evaluation.burden_report import images_beside
+
+    if args.per_patient_2d:
+        raise UsageError("--overlays needs 3D cases; it cannot be combined with --per-patient-2d")
+    images = images_beside(args.gt, args.images)
+    if not images.is_dir():
+        raise UsageError(f"--overlays: no CT image folder {images}" + ("" if args.images else "; pass --images"))

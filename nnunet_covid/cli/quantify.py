@@ -11,14 +11,21 @@ from pathlib import Path
 from nnunet_covid.core.output_paths import check_writable_folder
 
 
+def lung_source(text: str) -> str | Path:
+    """``--lungs``: ``auto``, ``labels`` or a folder of lung masks."""
+    return text if text in ("auto", "labels") else Path(text)
+
+
+LUNGS_HELP = ("'auto' (unsupervised lung mask of the CT), 'labels' (lung labels of the prediction) or a folder of "
+              "lung masks <case><ending> (default: the prediction's lung labels when its dataset.json has some, "
+              "else auto)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations")
     parser.add_argument("--images", required=True, type=Path,
                         help="folder of the CT images in HU, <case>_0000<ending> (e.g. imagesTr / imagesTs)")
-    parser.add_argument("--lungs", default=None,
-                        help="'auto' (unsupervised lung mask of the CT), 'labels' (lung labels of the prediction) or "
-                             "a folder of lung masks <case><ending> (default: the prediction's lung labels when its "
-                             "dataset.json has some, else auto)")
+    parser.add_argument("--lungs", type=lung_source, default=None, help=LUNGS_HELP)
     parser.add_argument("--gt", type=Path, default=None,
                         help="folder of ground truths: their burden, the agreement, and both contours in the pictures")
     parser.add_argument("--no-pictures", action="store_true", help="write burden.csv/json only (no PNG, no index.html)")
@@ -30,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_covid.evaluation.quantify import quantify_folders
 
     check_writable_folder(args.output, "-o")
-    lungs = args.lungs if args.lungs in (None, "auto", "labels") else Path(args.lungs)
-    results = quantify_folders(args.pred, args.images, args.output, lungs, args.gt, not args.no_pictures,
+    results = quantify_folders(args.pred, args.images, args.output, args.lungs, args.gt, not args.no_pictures,
                                progress=True)
     summary = results["summary"]
     categories = ", ".join(f"{name} {count}" for name, count in summary["ct_categories"].items())

@@ -168,15 +168,35 @@ def _some_lung(case: str, sides: tuple[np.ndarray, np.ndarray], path: Path) -> t
     return sides
 
 
-def _aerated_lungs(job: CaseInput, prediction: Segmentation, image: Segmentation, roles: LabelRoles, axes):
+def _aerated_lungs(job: CaseInput, prediction: Segmentation, image: Segmentation, roles: LabelRoles, axes,
+                   cache: dict | None = None):
+    """(right, left) aerated lungs; ``cache`` keeps the last case's image-based lungs (auto, folder) for
+    the next prediction of the same case."""
+    if job.lungs == "labels":
+        return _labelled_lungs(job, prediction, roles, axes)
+    key = (str(job.images.files[job.case + IMAGE_CHANNEL]), str(job.lungs if isinstance(job.lungs, str)
+                                                                else job.lungs.path))
+    if cache is not None and key in cache:
+        return cache[key]
+    lungs = _image_lungs(job, prediction, image, axes)
+    if cache is not None:
+        cache.clear()
+        cache[key] = lungs
+    return lungs
+
+
+def _labelled_lungs(job: CaseInput, prediction: Segmentation, roles: LabelRoles, axes):
+    case = job.case
+    if not roles.has_lungs:
+        raise EvaluationError(f"case {case}: the prediction's dataset.json has no lung label; use lungs 'auto' "
+                              f"or a folder of lung masks")
+    return _some_lung(case, _sided(prediction.array, roles, prediction.spacing, axes), job.prediction.files[case])
+
+
+def _image_lungs(job: CaseInput, prediction: Segmentation, image: Segmentation, axes):
     from nnunet_covid.evaluation.lungs import auto_lung_mask, split_left_right
 
     case, spacing = job.case, prediction.spacing
-    if job.lungs == "labels":
-        if not roles.has_lungs:
-            raise EvaluationError(f"case {case}: the prediction's dataset.json has no lung label; use lungs 'auto' "
-                                  f"or a folder of lung masks")
-        return _some_lung(case, _sided(prediction.array, roles, spacing, axes), job.prediction.files[case])
     if job.lungs == "auto":
         mask = auto_lung_mask(image.array, spacing)
         if not mask.any():
@@ -195,8 +215,11 @@ def _aerated_lungs(job: CaseInput, prediction: Segmentation, image: Segmentation
     return _some_lung(case, sides, folder.files[case])
 
 
-def measure_case(job: CaseInput) -> CaseResult:
-    """Read one case's files, check them against the prediction, and compute its burden (and its ground truth's)."""
+def measure_case(job: CaseInput, lung_cache: dict | None = None) -> CaseResult:
+    """Read one case's files, check them against the prediction, and compute its burden (and its ground truth's).
+
+    ``lung_cache`` (a dict kept by the caller) reuses the lungs of the same image for the next prediction.
+    """
     from nnunet_covid.evaluation.burden import whole_lungs
     from nnunet_covid.evaluation.lungs import lps_axes
 
@@ -209,7 +232,7 @@ def measure_case(job: CaseInput) -> CaseResult:
     check_same_geometry(case, image, prediction, reference="image", reference_file=job.images.files[image_key])
     roles = label_roles(pred_folder.dataset_json, str(pred_path)) or _default_roles(prediction.array)
     axes = lps_axes(prediction.direction, pred_folder.reader(case))
-    right, left = _aerated_lungs(job, prediction, image, roles, axes)
+    right, left = _aerated_lungs(job, prediction, image, roles, axes, lung_cache)
     spacing = prediction.spacing
     burden = case_burden(prediction.array, roles.lesions, right, left, spacing)
     source = job.lungs if isinstance(job.lungs, str) else f"folder {job.lungs.path}"
