@@ -70,6 +70,8 @@ def series_info(folder: str | Path) -> SeriesInfo | None:
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if "SeriesInstanceUID" not in ds:
+                raise ValueError("no SeriesInstanceUID in the header")
         except Exception as e:  # noqa: BLE001 - pydicom raises several types for broken files
             first_error = first_error or f"{path}: unreadable DICOM file ({type(e).__name__}: {e})"
             continue

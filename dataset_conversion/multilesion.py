@@ -82,7 +82,7 @@ def read_source_dataset_json(folder: Path) -> dict:
     try:
         dataset_json = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"source {folder.name}: cannot read {path} ({e})") from None
+        raise ConversionError(f"source {folder.name}: cannot read {path} ({type(e).__name__}: {e})") from None
     if not isinstance(dataset_json, dict):
         raise ConversionError(f"source {folder.name}: {path} is not a JSON object")
     labels = dataset_json.get("labels")

@@ -12,18 +12,38 @@ from dataset_conversion.common import CaseData, CaseJob, finish_dataset, run_cas
 from nnunet_covid.core.errors import ConversionError
 
 
+def nonfinite_voxels(path: str | Path) -> int:
+    """How many NaN/infinite voxels a floating-point NIfTI file stores (SimpleITK reads them as 0); 0 for others."""
+    import nibabel as nib
+    import numpy as np
+
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return 0
+    image = nib.load(str(path))
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return 0
+    data = np.asanyarray(image.dataobj)
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
 def read_image(path: str | Path, case_id: str, what: str = "image"):
-    """Read one image with SimpleITK; a missing or unreadable file is a ConversionError naming the case."""
+    """Read one image with SimpleITK; a missing or unreadable file, or NaN/infinite voxels in it, are a
+    ConversionError naming the case."""
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"case {case_id}: {what} file {path} is missing")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
         raise ConversionError(f"case {case_id}: cannot read {what} {path}: {reason}") from None
+    bad = nonfinite_voxels(path) if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else 0
+    if bad:
+        raise ConversionError(f"case {case_id}: {what} {path} has {bad} NaN/infinite voxel(s); repair the source "
+                              f"file (nothing is replaced silently)")
+    return image
 
 
 def check_label_values(label, case_id: str, allowed: Iterable[int], path: str | Path = "") -> None:

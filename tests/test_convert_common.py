@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +135,65 @@ def test_convert_cli_lists_converters_and_validates_common_flags(tmp_path, capsy
     (tmp_path / "empty").mkdir()
     assert main(["convert", "lidc-idri", "--input", str(tmp_path / "empty"), "-d", "3", "-o", str(tmp_path)]) == 2
     assert "no CT DICOM series found" in capsys.readouterr().err
+
+
+def load_or_die(case_id: str) -> CaseData:
+    """A loader whose case kills its own worker process (as the OOM killer would)."""
+    if case_id == "case3":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_pair(case_id)
+
+
+def test_a_case_that_kills_its_worker_fails_alone(tmp_path):
+    jobs = [CaseJob(f"case{i}", load_or_die, (f"case{i}",)) for i in range(1, 6)]
+    summary = run_cases(tmp_path, jobs, num_processes=2, progress=False)
+    assert sorted(summary.converted) == ["case1", "case2", "case4", "case5"]
+    assert list(summary.failed) == ["case3"] and "worker process died" in summary.failed["case3"]
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process from /proc, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _children(pid: int) -> set[int]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        state = _process_state(int(stat.parent.name))
+        if state is not None and state[1] == pid and state[0] != "Z":
+            children.add(int(stat.parent.name))
+    return children
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc (Linux)")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_workers_never_outlive_a_killed_convert(sig, tmp_path, capsys):
+    from nnunet_covid.core.nnunet_commands import nnunet_tool
+    from nnunet_covid.pipeline.demo_data import write_msd_lung_layout
+
+    task = write_msd_lung_layout(tmp_path / "src", n_cases=12, seed=1)
+    argv = [nnunet_tool("nnunet-covid"), "convert", "msd-lung", "-i", str(task), "-d", "5", "-o", str(tmp_path / "raw"),
+            "-np", "2", "--crop-lung"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    while process.poll() is None and len(workers) < 2:
+        workers = _children(process.pid)
+        time.sleep(0.01)
+    assert len(workers) == 2, "the conversion ended before its two workers were seen"
+    process.send_signal(sig)
+    process.wait(timeout=30)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_process_state(w) not in (None,) and _process_state(w)[0] != "Z"
+                                         for w in workers):
+        time.sleep(0.05)
+    assert all(_process_state(w) is None or _process_state(w)[0] == "Z" for w in workers), "a worker outlived its parent"
+    if sig == signal.SIGKILL:  # killed at any moment, a rerun finishes the dataset
+        rerun = subprocess.run(argv, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        folder = tmp_path / "raw" / "Dataset005_MSDLung"
+        assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 12
+        assert len(json.loads((folder / "crop_boxes.json").read_text())) == 12 and not (folder / ".partial").exists()

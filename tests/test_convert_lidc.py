@@ -220,3 +220,20 @@ def test_xml_dir_for_xml_files_stored_apart_from_the_dicom(tmp_path):
     for number in (1, 2):
         np.testing.assert_array_equal(_array(folder / "labelsTr" / f"LIDC-IDRI-{number:04d}.nii.gz"),
                                       make_case("nodule", number, shape=SHAPE, spacing=SPACING).label)
+
+
+def test_linked_patient_folders_are_followed_and_link_cycles_ignored(tmp_path):
+    """Patient folders linked in from another disk (the usual setup) convert like real ones, beside a real one."""
+    storage = write_lidc_layout(tmp_path / "disk2", n_cases=3, seed=0, shape=SHAPE, spacing=SPACING)
+    raw = tmp_path / "LIDC-IDRI"
+    raw.mkdir()
+    shutil.move(str(storage / "LIDC-IDRI-0001"), raw / "LIDC-IDRI-0001")  # one real folder
+    for number in (2, 3):
+        (raw / f"LIDC-IDRI-{number:04d}").symlink_to(storage / f"LIDC-IDRI-{number:04d}", target_is_directory=True)
+    (raw / "LIDC-IDRI-0002" / "loop").symlink_to(raw, target_is_directory=True)  # a cycle through the input
+    (raw / "LIDC-IDRI-0003-again").symlink_to(storage / "LIDC-IDRI-0003", target_is_directory=True)  # same folder twice
+    folder = convert_lidc_idri(raw, 22, progress=False)
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [f"LIDC-IDRI-{n:04d}.nii.gz" for n in (1, 2, 3)]
+    for number in (1, 2, 3):
+        np.testing.assert_array_equal(_array(folder / "labelsTr" / f"LIDC-IDRI-{number:04d}.nii.gz"),
+                                      make_case("nodule", number, shape=SHAPE, spacing=SPACING).label)

@@ -208,10 +208,18 @@ def reader_for(file_ending: str, example_file: Path, dataset_json: dict | None):
 
 
 def read_segmentation(reader, path: Path, case: str) -> Segmentation:
+    """One label map read by nnU-Net's ``reader``; NaN/infinite values stored in a NIfTI file are an error
+    (SimpleITK would read them as 0)."""
+    from dataset_conversion.nifti_cases import nonfinite_voxels
+
     try:
         seg, properties = reader.read_seg(str(path))
+        nonfinite = nonfinite_voxels(path) if np.issubdtype(np.asarray(seg).dtype, np.floating) else 0
     except Exception as e:  # readers raise anything from AssertionError to ITK errors
-        raise EvaluationError(f"case {case}: cannot read {path} ({type(e).__name__}: {e})") from None
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise EvaluationError(f"case {case}: cannot read {path} ({reason})") from None
+    if nonfinite:
+        raise EvaluationError(f"case {case}: {path} holds {nonfinite} NaN/infinite value(s)")
     array = np.asarray(seg)[0]
     spacing = tuple(float(s) for s in properties["spacing"])
     if array.ndim == 3 and array.shape[0] == 1:  # nnU-Net's 2D images: (1, y, x) with spacing (999.., sy, sx)
