@@ -209,6 +209,16 @@ def test_real_lidc_case_agrees_with_pylidc_consensus(tmp_path):
     rows = list(csv.DictReader((folder / "nodules.csv").open()))
     assert [(r["readers"], r["median_malignancy"]) for r in rows] == [("4", "5.0")]
 
+    # lung-cropped, the same label: every labelled voxel kept, and uncropping restores the full-size label
+    from dataset_conversion.lung_crop import uncrop
+
+    cropped = convert_lidc_idri(REAL, 23, crop_lung=True, progress=False)
+    box = json.loads((cropped / "crop_boxes.json").read_text())["LIDC-IDRI-0001"]
+    cropped_label = sitk.ReadImage(str(cropped / "labelsTr" / "LIDC-IDRI-0001.nii.gz"))
+    assert box["lung_found"] and list(cropped_label.GetSize()) == box["crop_size"] != box["original_size"]
+    assert sitk.GetArrayViewFromImage(cropped_label).sum() == label.sum()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(uncrop(cropped_label, box)).astype(bool), label)
+
 
 def test_xml_dir_for_xml_files_stored_apart_from_the_dicom(tmp_path):
     raw = write_lidc_layout(tmp_path / "src", n_cases=2, seed=0, shape=SHAPE, spacing=SPACING)

@@ -172,3 +172,29 @@ def test_covid19_ct_seg_rejects_unwindowed_radiopaedia(raw_layouts, tmp_path):
     splits = json.loads((folder / "splits_final.json").read_text())
     assert all("radiopaedia_7_85703_0" not in fold["train"] + fold["val"] for fold in splits)
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 19
+
+
+def test_rerun_with_other_settings_is_refused_and_overwrite_rebuilds(raw_layouts, tmp_path, capsys):
+    """Adding --crop-lung on a rerun must not skip the finished uncropped cases under a dataset.json claiming a crop."""
+    task = raw_layouts["msd"]
+    assert main(["convert", "msd-lung", "-i", str(task), "-d", "102"]) == 0
+    folder = tmp_path / "raw" / "Dataset102_MSDLung"
+    before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    assert main(["convert", "msd-lung", "-i", str(task), "-d", "102", "--crop-lung"]) == 2
+    err = capsys.readouterr().err
+    assert "crop_lung=False, crop_margin_mm=None" in err and "crop_lung=True, crop_margin_mm=10.0" in err
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
+
+    assert main(["convert", "msd-lung", "-i", str(task), "-d", "102", "--crop-lung", "--crop-margin", "12",
+                 "--overwrite"]) == 0
+    assert "converted 3, skipped (already done) 0" in capsys.readouterr().out
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    assert dataset_json["conversion_settings"] == {"crop_lung": True, "crop_margin_mm": 12.0}
+    boxes = json.loads((folder / "crop_boxes.json").read_text())
+    assert sorted(boxes) == ["lung_001", "lung_003", "lung_005"]
+    for case_id, box in boxes.items():
+        assert box["margin_mm"] == 12.0
+        assert list(sitk.ReadImage(str(folder / "imagesTr" / f"{case_id}_0000.nii.gz")).GetSize()) == box["crop_size"]
+        # the crop kept every tumour voxel of the source label
+        assert array(folder / "labelsTr" / f"{case_id}.nii.gz").sum() == array(task / "labelsTr" / f"{case_id}.nii.gz").sum()

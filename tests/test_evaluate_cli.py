@@ -150,3 +150,50 @@ def test_per_patient_2d_stacks_slices(tmp_path):
         assert rows[patient]["dsc"] == pytest.approx(2 * tp / (gt.sum() + pred.sum()))
         assert rows[patient]["sen"] == pytest.approx(tp / gt.sum())
         assert 0.0 < rows[patient]["nsd"] < 1.0
+
+
+def test_missing_predictions_are_an_error_or_scored_by_choice(folders, tmp_path, capsys):
+    gt_dir, _, arrays = folders
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    _write(arrays["case_0"][1], pred_dir / "case_0.nii.gz")
+    argv = ["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "--labels", "1", "-np", "1"]
+    assert main(argv + ["-o", str(tmp_path / "strict")]) == 2
+    assert "2 of 3 ground-truth case(s) have no prediction" in capsys.readouterr().err
+    assert not (tmp_path / "strict").exists()
+
+    assert main(argv + ["--missing-as-empty", "-o", str(tmp_path / "empty")]) == 0
+    assert "scored 3 of 3 ground-truth cases (2 without prediction scored as empty)" in capsys.readouterr().out
+    results = json.loads((tmp_path / "empty" / "metrics.json").read_text())
+    assert results["coverage"] == {"ground_truth_cases": 3, "scored_cases": 3,
+                                   "scored_as_empty": ["case_1", "case_2"], "left_out": []}
+    rows = {r["case"]: r for r in results["cases"]}
+    assert rows["case_1"]["dsc"] == 0.0 and rows["case_1"]["sen"] == 0.0 and rows["case_1"]["hd95"] is None
+    gt, pred = (a == 1 for a in arrays["case_0"])
+    assert rows["case_0"]["dsc"] == pytest.approx(2 * (gt & pred).sum() / (gt.sum() + pred.sum()))
+    assert results["summary"]["dsc"]["mean"] == pytest.approx(rows["case_0"]["dsc"] / 3)
+
+    assert main(argv + ["--predicted-only", "-o", str(tmp_path / "only.json")]) == 0
+    assert "scored 1 of 3 ground-truth cases (2 without prediction left out)" in capsys.readouterr().out
+    results = json.loads((tmp_path / "only.json").read_text())
+    assert [r["case"] for r in results["cases"]] == ["case_0"]
+    assert results["coverage"]["left_out"] == ["case_1", "case_2"]
+    assert results["summary"]["dsc"]["mean"] == pytest.approx(rows["case_0"]["dsc"])
+
+
+def test_values_that_are_not_labels_are_errors_never_a_score(folders, tmp_path, capsys):
+    gt_dir, _, arrays = folders
+    for name, values, message in (("mask255", arrays["case_0"][1].astype(np.uint16) * 255, "values [255, 510]"),
+                                  ("probabilities", arrays["case_0"][1] * 0.4, "non-integer values")):
+        pred_dir = tmp_path / name
+        pred_dir.mkdir()
+        for case in ("case_0", "case_1", "case_2"):
+            image = sitk.GetImageFromArray(values.astype(np.float32) if name == "probabilities"
+                                           else values.astype(np.uint16))
+            image.SetSpacing(SITK_SPACING)
+            sitk.WriteImage(image, str(pred_dir / f"{case}.nii.gz"))
+        assert main(["evaluate", "--gt", str(gt_dir), "--pred", str(pred_dir), "-np", "1",
+                     "-o", str(tmp_path / f"{name}.json")]) == 2
+        err = capsys.readouterr().err
+        assert "case case_0" in err and message in err and "Traceback" not in err
+        assert not (tmp_path / f"{name}.json").exists()

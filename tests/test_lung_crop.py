@@ -133,3 +133,19 @@ def test_fine_in_plane_spacing_uses_coarse_blocks_with_the_same_box():
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(uncrop(cropped, fine_box))[
         fine_start[2]:fine_stop[2], fine_start[1]:fine_stop[1], fine_start[0]:fine_stop[0]],
         fine_array[fine_start[2]:fine_stop[2], fine_start[1]:fine_stop[1], fine_start[0]:fine_stop[0]])
+
+
+def test_a_crop_that_would_cut_a_label_is_an_error_naming_the_case():
+    case = make_case("nodule", 5, shape=SHAPE)
+    label = case.label.copy()
+    label[0, 0, 0] = 1  # a labelled voxel far outside the lungs
+    image, label_image = case.to_sitk()
+    label_image = sitk.GetImageFromArray(label)
+    label_image.CopyInformation(image)
+    total = int((label > 0).sum())
+    with pytest.raises(ConversionError, match=rf"case c7: the lung crop box \(margin 10 mm\) would cut off 1 of "
+                                              rf"{total} labelled voxels"):
+        crop_to_lungs([image], label_image, margin_mm=10.0, case_id="c7")
+    for margin in (-50, float("nan"), float("inf")):
+        with pytest.raises(ConversionError, match="crop margin must be a finite number of mm >= 0"):
+            crop_to_lungs([image], None, margin_mm=margin, case_id="c7")

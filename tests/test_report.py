@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,44 @@ def test_missing_results_are_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty"), "-o", str(tmp_path / "o")]) == 2
     assert "no evaluated cases" in capsys.readouterr().err
+
+
+def _relative_study(folder):
+    """A study as `nnunet-covid study` writes it: manifest paths relative to the study folder."""
+    study = folder / "study"
+    runs = []
+    for label, shift in (("scratch", 0.0), ("finetune", 0.1)):
+        evaluation = study / "evaluation" / label / "fold_0.json"
+        evaluation.parent.mkdir(parents=True)
+        rng = np.random.default_rng(len(label))
+        evaluation.write_text(json.dumps({"cases": _rows(rng, CASES, shift)}))
+        runs.append({"label": label, "folds": {"0": {"evaluation": f"evaluation/{label}/fold_0.json"}}})
+    (study / "study_manifest.json").write_text(json.dumps({"name": "s", "baseline": "scratch", "runs": runs}))
+    return study
+
+
+def _dsc_means(report) -> dict[str, float]:
+    return {s["strategy"]: s["case_mean"] for s in report["summary"] if s["metric"] == "dsc"}
+
+
+def test_a_copied_or_moved_study_reports_its_own_files(tmp_path, capsys):
+    import shutil
+
+    original = _relative_study(tmp_path / "a")
+    copy = Path(shutil.copytree(original, tmp_path / "b" / "study"))
+    changed = json.loads((copy / "evaluation" / "finetune" / "fold_0.json").read_text())
+    for row in changed["cases"]:
+        row["dsc"] = 0.25
+    (copy / "evaluation" / "finetune" / "fold_0.json").write_text(json.dumps(changed))
+    assert _dsc_means(build_report(copy, tmp_path / "r_copy"))["finetune"] == pytest.approx(0.25)
+    assert _dsc_means(build_report(original, tmp_path / "r_orig"))["finetune"] != pytest.approx(0.25)
+    moved = original.rename(tmp_path / "moved")
+    assert _dsc_means(build_report(moved, tmp_path / "r_moved"))["finetune"] != pytest.approx(0.25)
+
+    # an older manifest with absolute paths into the original folder is refused, never read from there
+    manifest = json.loads((copy / "study_manifest.json").read_text())
+    for run in manifest["runs"]:
+        run["folds"]["0"]["evaluation"] = str(moved / run["folds"]["0"]["evaluation"])
+    (copy / "study_manifest.json").write_text(json.dumps(manifest))
+    assert main(["report", str(copy), "-o", str(tmp_path / "r_old")]) == 2
+    assert "outside the study folder" in capsys.readouterr().err and not (tmp_path / "r_old").exists()
