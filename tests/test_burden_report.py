@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from nnunet_covid.cli import main
+from nnunet_covid.evaluation.burden_report import median_case_figure
 from nnunet_covid.evaluation.evaluate import evaluate_folders
 from nnunet_covid.evaluation.quantify import quantify_folders
 from nnunet_covid.pipeline.demo_data import write_nifti
@@ -94,6 +95,28 @@ def test_report_adds_burden_agreement_bland_altman_and_pictures(tmp_path, capsys
     index = (out / "overlays" / "index.html").read_text()
     assert "scratch: worst 1 by DSC" in index and "hybrid: best 1 by DSC" in index
     assert len(list((out / "overlays").rglob("*.png"))) == 4
+    # hybrid: DSC 1 for c0 and c2, lower for c1 -> the median case is c0 (ties by name)
+    case, figure = median_case_figure(study, "hybrid", tmp_path / "results")
+    assert case == "c0" and figure == tmp_path / "results" / "median_case_c0.png" and figure.is_file()
+
+
+def test_demo_burden_table_is_written_as_markdown_and_json(tmp_path, capsys):
+    from nnunet_covid.pipeline.demo import write_burden
+
+    rows = [{"title": "train from scratch", "strategy": "scratch", "n_cases": 16, "predicted_involvement_pct": 12.34,
+             "gt_involvement_pct": 10.0, "mean_abs_difference_pp": 3.21, "n_categorised": 16,
+             "category_agreement": 0.75, "predicted_categories": "CT-1 16"},
+            {"title": "hybrid encoder", "strategy": "hybrid_encoder[multilesion]", "n_cases": 0,
+             "predicted_involvement_pct": None, "gt_involvement_pct": None, "mean_abs_difference_pp": None,
+             "n_categorised": 0, "category_agreement": None, "predicted_categories": "none"}]
+    burden = {"rows": rows, "figure": {"strategy": "train from scratch", "case": "c3", "file": "median_case_c3.png"}}
+    write_burden(burden, tmp_path)
+    markdown = (tmp_path / "demo_burden.md").read_text()
+    assert "| train from scratch | 16 | 12.3 | 10.0 | 3.2 | 75 % | CT-1 16 |" in markdown
+    assert "| hybrid encoder | 0 | n/a | n/a | n/a | n/a | none |" in markdown
+    assert "![c3](median_case_c3.png)" in markdown
+    assert json.loads((tmp_path / "demo_burden.json").read_text()) == burden
+    assert "hybrid encoder" in capsys.readouterr().out
 
 
 def test_a_second_burden_section_replaces_the_first(tmp_path):

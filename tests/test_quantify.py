@@ -248,7 +248,7 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, problem, expect
     elif problem == "no lungs":
         _write(np.full(SHAPE, 40, dtype=np.int16), tmp_path / "images" / "c1_0000.nii.gz", case.spacing)
     elif problem == "2d":
-        for folder, name, array in (("pred", "c1.png", case.label[12] * 255), ("images", "c1_0000.png", case.label[12])):
+        for folder, name, array in (("pred", "c1.png", case.label[12]), ("images", "c1_0000.png", case.label[12])):
             (tmp_path / folder / name.replace(".png", ".nii.gz")).unlink()
             from PIL import Image
             Image.fromarray(array.astype(np.uint8)).save(tmp_path / folder / name)

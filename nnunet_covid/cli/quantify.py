@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     mean = summary["involvement_pct"]["mean"]
     print(f"{summary['n_cases']} case(s), lungs: {results['settings']['lungs']}; mean involvement "
           f"{'n/a' if mean is None else f'{mean:.1f} %'}; CT categories: {categories}")
-    if "agreement" in summary:
-        agreement = summary["agreement"]
+    agreement = summary.get("agreement")
+    if agreement and agreement["n_cases"]:
         print(f"against the ground truth: mean absolute difference {agreement['mean_abs_difference_pp']:.2f} pp, "
               f"same CT category in {agreement['category_agreement'] * 100:.0f} % of cases")
     written = ["burden.csv", "burden.json"] + ([] if args.no_pictures else ["figures/", "index.html"])

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     burden.add_argument("--overlays", type=int, default=None, metavar="N",
                         help="draw the N worst and N best cases of each strategy by DSC into overlays/")
     burden.add_argument("--images", type=Path, default=None,
-                        help="CT images <case>_0000<ending> (default: imagesTr/imagesTs beside each run's ground truth)")
+                        help="CT images <case>_0000<ending> (default: imagesTr/imagesTs beside each run's labels)")
     burden.add_argument("--lungs", type=lung_source, default=None, help=LUNGS_HELP)
 
 

@@ -17,7 +17,6 @@ Agreement of predicted with ground-truth burden (:func:`burden_agreement`): mean
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -90,7 +89,10 @@ def case_burden(labels: np.ndarray, lesion_classes: dict[str, int], right: np.nd
 
 
 def burden_agreement(predicted: Sequence[dict], reference: Sequence[dict]) -> dict:
-    """Agreement of predicted with reference (ground-truth) burden of the same cases, in the same order."""
+    """Agreement of predicted with reference (ground-truth) burden of the same cases, in the same order.
+
+    JSON-ready: a figure without any case to compute it from is None.
+    """
     pairs = [(p["involvement_pct"], r["involvement_pct"]) for p, r in zip(predicted, reference)
              if p["involvement_pct"] is not None and r["involvement_pct"] is not None]
     differences = np.array([p - r for p, r in pairs], dtype=np.float64)
@@ -98,15 +100,15 @@ def burden_agreement(predicted: Sequence[dict], reference: Sequence[dict]) -> di
                   if p["ct_category"] is not None and r["ct_category"] is not None]
     confusion = {r: {p: sum(1 for pc, rc in categories if pc == p and rc == r) for p in CATEGORIES}
                  for r in CATEGORIES}
-    bias = float(differences.mean()) if differences.size else math.nan
-    sd = float(differences.std()) if differences.size else math.nan
+    bias = float(differences.mean()) if differences.size else None
+    sd = float(differences.std()) if differences.size else None
     return {
         "n_cases": len(pairs),
-        "mean_abs_difference_pp": float(np.abs(differences).mean()) if differences.size else math.nan,
+        "mean_abs_difference_pp": float(np.abs(differences).mean()) if differences.size else None,
         "mean_difference_pp": bias,
         "sd_difference_pp": sd,
-        "limits_of_agreement_pp": [bias - 1.96 * sd, bias + 1.96 * sd],
-        "category_agreement": (sum(p == r for p, r in categories) / len(categories)) if categories else math.nan,
+        "limits_of_agreement_pp": [bias - 1.96 * sd, bias + 1.96 * sd] if differences.size else [None, None],
+        "category_agreement": (sum(p == r for p, r in categories) / len(categories)) if categories else None,
         "n_categorised": len(categories),
         "category_confusion": confusion,  # reference category -> predicted category -> cases
     }

@@ -8,6 +8,8 @@
   per strategy the agreement (mean absolute difference of the involvement in percentage points, bias
   and 95 % limits of agreement, same CT category), a Bland-Altman plot, and the worst / best cases'
   figures; a section appended to ``report.md``.
+- :func:`median_case_figure`: the figure of a strategy's median case by DSC (a representative picture,
+  not the best one).
 
 The CT images are the ground truth's nnU-Net sibling folder (``labelsTr`` -> ``imagesTr``) unless given.
 """
@@ -97,6 +99,31 @@ def evaluation_overlays(results: dict, images_dir=None, n: int = 3, lungs: str |
                              f"DSC averaged over labels {settings.get('labels')}.")
 
 
+def _study_runs(results) -> list[dict]:
+    from nnunet_covid.evaluation.report import discover_runs
+
+    return discover_runs(Path(results))[0] if isinstance(results, (str, Path)) else list(results)
+
+
+def median_case_figure(results, strategy: str, out_dir, images_dir=None,
+                       lungs: str | Path | None = None) -> tuple[str, Path]:
+    """Draw the case of ``strategy`` (a run label) with the median DSC of all its cases into
+    ``out_dir/median_case_<case>.png`` -> (case, figure)."""
+    candidates = []
+    for run in _study_runs(results):
+        evaluation = _run_evaluation(run) if run["label"] == strategy else None
+        if evaluation is not None:
+            candidates += [(score, case, evaluation) for case, score in mean_dsc_per_case(evaluation["cases"]).items()]
+    if not candidates:
+        raise EvaluationError(f"no evaluated case of {strategy} in {results}")
+    _, case, evaluation = sorted(candidates, key=lambda c: (c[0], c[1]))[(len(candidates) - 1) // 2]
+    settings = evaluation["settings"]
+    gt_dir = Path(settings["gt_dir"])
+    job = next(j for j in case_inputs(Path(settings["pred_dir"]), images_beside(gt_dir, images_dir), lungs, gt_dir)
+               if j.case == case)
+    return case, draw_case(measure_case(job), Path(out_dir) / f"median_case_{case}.png")
+
+
 def _run_evaluation(run: dict) -> dict | None:
     evaluation = run["evaluation"]
     if isinstance(evaluation, (str, Path)):
@@ -156,12 +183,10 @@ def study_burden(results, out_dir, images_dir=None, lungs: str | Path | None = N
     Returns ``{"agreement": [per strategy], "cases": [per case], "overlays": index path or None}``.
     """
     from nnunet_covid.evaluation.overlays import bland_altman_figure
-    from nnunet_covid.evaluation.report import discover_runs
 
     out_dir = Path(out_dir)
-    runs = discover_runs(Path(results))[0] if isinstance(results, (str, Path)) else list(results)
     per_run = []
-    for run in runs:
+    for run in _study_runs(results):
         evaluation = _run_evaluation(run)
         if evaluation is None:
             continue

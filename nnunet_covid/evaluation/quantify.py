@@ -25,7 +25,6 @@ prediction, are errors naming the case and file.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -288,10 +287,6 @@ def _quantify_case(job: CaseInput, figure: Path | None) -> dict:
     return result.row
 
 
-def _json_number(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def summarise(rows: Sequence[dict], with_gt: bool) -> dict:
     """CT categories, involvement statistics and (with ground truth) the agreement of predicted with true burden."""
     involvement = [r["involvement_pct"] for r in rows if r["involvement_pct"] is not None]
@@ -304,9 +299,7 @@ def summarise(rows: Sequence[dict], with_gt: bool) -> dict:
         predicted = [{"involvement_pct": r["involvement_pct"], "ct_category": r["ct_category"]} for r in rows]
         reference = [{"involvement_pct": r["gt_involvement_pct"], "ct_category": r["gt_ct_category"]} for r in rows]
         summary["gt_ct_categories"] = category_counts(rows, "gt_ct_category")
-        agreement = burden_agreement(predicted, reference)
-        summary["agreement"] = {k: ([_json_number(x) for x in v] if isinstance(v, list) else _json_number(v))
-                                for k, v in agreement.items()}
+        summary["agreement"] = burden_agreement(predicted, reference)
     return summary
 
 
@@ -359,7 +352,7 @@ def case_inputs(pred_dir, images_dir, lungs: str | Path | None = None, gt_dir=No
 
 def quantify_folders(pred_dir, images_dir, output_dir, lungs: str | Path | None = None, gt_dir=None,
                      pictures: bool = True, progress: bool = False) -> dict:
-    """Burden of every prediction (module doc); writes the output folder and returns ``{"settings", "cases", "summary"}``."""
+    """Burden of every prediction (module doc) into ``output_dir``; returns ``{"settings", "cases", "summary"}``."""
     from tqdm import tqdm
 
     output_dir = Path(output_dir)

@@ -11,7 +11,10 @@
    held out), nCoVSegNet on the slices, nnU-Net's final validation of the held-out cases, evaluation
    and the study report;
 3. presentation: the comparison table (DSC, NSD, seconds per epoch), printed and written to
-   ``results/demo_results.{md,json}``.
+   ``results/demo_results.{md,json}``; the infection burden of the held-out COVID volumes per strategy
+   (percent of the lungs involved and CT category, against the ground truth's) and one overlay figure
+   (the best strategy's median case) in ``results/demo_burden.{md,json}`` and ``results/median_case_<case>.png``
+   (the study report holds the per-case burden, a Bland-Altman plot and worst/best pictures).
 
 CPU budget (15 minutes on 2 cores): the strategies train nnU-Net's ``2d`` configuration of the
 lung-cropped volumes with the ``_demo`` variants (13 epochs of 12 iterations). Measured on the demo
@@ -35,6 +38,7 @@ from nnunet_covid.pipeline.study import execute, load_study, plan_study, write_m
 from nnunet_covid.training.trainer_config import trainer_configs_dir
 
 GRIDS = ("demo_transfer", "demo_ncovsegnet")
+BURDEN_GRID = "demo_transfer"  # 3D volumes: burden needs whole lungs (the 2D slices have none)
 TRAINER_SUFFIX = "_demo"
 SOURCE_IDS = {"msd-lung": 801, "structseg-lung-gtv": 802, "nsclc-effusion": 803}
 MULTILESION_ID = 800
@@ -153,7 +157,10 @@ class Demo:
             self.stage(number, f"study {name}: plan, pre-train, train, validate, evaluate, report")
             study, study_dir = self.run_study(name)
             rows += table_rows(study, study_dir)
+            if name == BURDEN_GRID:
+                burden = burden_rows(study_dir, self.workdir / "results")
         write_table(rows, self.workdir / "results", time.time() - self.started)
+        write_burden(burden, self.workdir / "results")
         return rows
 
 
@@ -190,3 +197,39 @@ def write_table(rows: list[dict], out_dir: Path, total_seconds: float) -> None:
     atomic_write_text(out_dir / "demo_results.md", "# nnunet_covid demo\n\n" + markdown + "\n" + note)
     atomic_write_json(out_dir / "demo_results.json", {"rows": rows, "total_seconds": total_seconds})
     print("\n" + markdown + note + f"Written to {out_dir / 'demo_results.md'} and {out_dir / 'demo_results.json'}")
+
+
+def burden_rows(study_dir: Path, out_dir: Path) -> dict:
+    """Burden of the study's held-out cases per strategy (also added to its report) and the figure of the
+    median case (by DSC) of the strategy with the best mean DSC."""
+    from nnunet_covid.evaluation.burden_report import median_case_figure, study_burden
+
+    burden = study_burden(study_dir, study_dir / "report", overlays=1)
+    dsc = {a["strategy"]: [r["dsc"] for r in burden["cases"] if r["strategy"] == a["strategy"]]
+           for a in burden["agreement"]}
+    best = max(dsc, key=lambda label: sum(dsc[label]) / len(dsc[label]))
+    case, figure = median_case_figure(study_dir, best, out_dir)
+    def title(label: str) -> str:
+        return TITLES.get(label.partition("[")[0], label)
+    return {"rows": [{**a, "title": title(a["strategy"])} for a in burden["agreement"]],
+            "figure": {"strategy": title(best), "case": case, "file": figure.name}}
+
+
+def write_burden(burden: dict, out_dir: Path) -> None:
+    """Print the burden table and write it as JSON and Markdown with the overlay figure (atomically)."""
+    def pct(value) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+    body = [[r["title"], str(r["n_cases"]), pct(r["predicted_involvement_pct"]), pct(r["gt_involvement_pct"]),
+             pct(r["mean_abs_difference_pp"]),
+             "n/a" if not r["n_categorised"] else f"{r['category_agreement'] * 100:.0f} %", r["predicted_categories"]]
+            for r in burden["rows"]]
+    markdown = markdown_table(["strategy", "held-out cases", "lungs involved, predicted (%)", "ground truth (%)",
+                               "mean abs difference (pp)", "same CT category", "predicted CT categories"], body)
+    figure = burden["figure"]
+    note = (f"\nInfection burden of the held-out COVID volumes: percent of both lungs involved (unsupervised lung "
+            f"mask, lesions counted as lung) and MosMedData CT category, per case against the ground truth's. "
+            f"Overlay: {figure['file']}, the median case by DSC of {figure['strategy']} (the best mean DSC).\n")
+    atomic_write_text(out_dir / "demo_burden.md", "# Infection burden\n\n" + markdown + "\n" + note
+                      + f"\n![{figure['case']}]({figure['file']})\n")
+    atomic_write_json(out_dir / "demo_burden.json", burden)
+    print("\n" + markdown + note + f"Written to {out_dir / 'demo_burden.md'} and {out_dir / 'demo_burden.json'}")
