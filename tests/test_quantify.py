@@ -112,7 +112,7 @@ def test_automatic_lung_mask_reaches_dice_095_against_the_synthetic_lungs(seed):
     spacing = np.asarray(case.spacing)
     lungs = auto_lung_mask(case.image, spacing) | (case.label > 0)  # lesions count as lung
     truth = case.lungs > 0
-    assert _dice(lungs, truth) >= 0.99  # measured 0.9954 and 0.9957 (Liao's mask alone: 0.959)
+    assert _dice(lungs, truth) >= 0.99  # measured 0.9975 and 0.9972 (Liao's mask alone: 0.958)
     right, left = split_left_right(lungs, spacing, lps_axes(None))
     assert _dice(right, case.lungs == 1) >= 0.98 and _dice(left, case.lungs == 2) >= 0.98
 
