@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 from nnunet_covid.core.errors import NnunetCovidError
@@ -26,6 +27,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "study": ("nnunet_covid.cli.study", "run or print every training/prediction/evaluation of a study grid"),
     "report": ("nnunet_covid.cli.report", "the papers' tables, paired tests and box plots from study results"),
 }
+
+
+def number(kind: type, minimum: float, above: bool = False):
+    """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> ``minimum`` with ``above``)."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"expected a finite {what[what.index(' ') + 1:]} "
+                                             f"{'>' if above else '>='} {minimum:g}, got {text}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:

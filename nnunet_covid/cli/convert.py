@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import math
 from pathlib import Path
 
 from dataset_conversion import CONVERTER_MODULES
+from nnunet_covid.cli import number
 from nnunet_covid.core.errors import UsageError
 
 
@@ -28,26 +28,6 @@ def _dataset_id(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _margin_mm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a margin in mm, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"the margin must be a finite number of mm >= 0, got {text}")
-    return value
-
-
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every converter shares."""
     parser.add_argument("--input", "-i", required=True, type=Path, metavar="RAW",
@@ -55,12 +35,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-id", "-d", required=True, type=_dataset_id, metavar="N",
                         help="nnU-Net dataset id (1-999); writes DatasetNNN_<Name>")
     parser.add_argument("--name", default=None, help="dataset name (default: the converter's)")
-    parser.add_argument("--num-processes", "-np", type=_positive_int, default=1, metavar="P",
+    parser.add_argument("--num-processes", "-np", type=number(int, 1), default=1, metavar="P",
                         help="cases converted in parallel (default 1)")
     parser.add_argument("--crop-lung", action="store_true",
                         help="crop every case to its lungs' bounding box (Liao et al. 2019 lung mask); "
                              "boxes go to crop_boxes.json for `nnunet-covid uncrop`")
-    parser.add_argument("--crop-margin", type=_margin_mm, default=None, metavar="MM",
+    parser.add_argument("--crop-margin", type=number(float, 0), default=None, metavar="MM",
                         help="margin around the lung bounding box in mm, >= 0 (default 10; needs --crop-lung)")
     parser.add_argument("--output-root", "-o", type=Path, default=None,
                         help="raw-data root to write into (default: $nnUNet_raw)")

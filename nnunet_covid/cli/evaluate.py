@@ -5,41 +5,19 @@ See :mod:`nnunet_covid.evaluation.evaluate` for the matching of cases, the metri
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from nnunet_covid.cli import number
 from nnunet_covid.cli.quantify import LUNGS_HELP, lung_source
 from nnunet_covid.core.errors import UsageError
-
-
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a tolerance in mm, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"the tolerance must be a finite number of mm > 0, got {text}")
-    return value
-
-
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth segmentations")
     parser.add_argument("--pred", required=True, type=Path, help="folder of predicted segmentations (same names)")
-    parser.add_argument("--labels", type=_at_least(1), nargs="+", default=None,
+    parser.add_argument("--labels", type=number(int, 1), nargs="+", default=None,
                         help="label values to score, each as a binary mask (default: dataset.json's labels, else 1)")
-    parser.add_argument("--tolerance-mm", type=_tolerance, default=3.0, help="NSD tolerance tau in mm (default 3)")
+    parser.add_argument("--tolerance-mm", type=number(float, 0, above=True), default=3.0, help="NSD tolerance tau in mm (default 3)")
     parser.add_argument("--per-patient-2d", action="store_true",
                         help="stack 2D slices '<patient>_<index>' per patient before scoring (nCoVSegNet)")
     missing = parser.add_mutually_exclusive_group()
@@ -49,12 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     missing.add_argument("--predicted-only", action="store_true",
                          help="score only the cases that have a prediction, e.g. one fold's validation cases against "
                               "the whole labelsTr (the ground-truth cases left out are counted in the results)")
-    parser.add_argument("-np", "--num-processes", type=_at_least(1), default=None,
+    parser.add_argument("-np", "--num-processes", type=number(int, 1), default=None,
                         help="worker processes (default: nnUNet_def_n_proc or nnU-Net's default)")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="results .json file, or a folder that receives metrics.json; CSVs are written beside it")
     pictures = parser.add_argument_group("pictures of the worst and best cases")
-    pictures.add_argument("--overlays", type=_at_least(1), default=None, metavar="N",
+    pictures.add_argument("--overlays", type=number(int, 1), default=None, metavar="N",
                           help="draw the N worst and N best cases by DSC (CT, lungs, ground-truth and predicted "
                                "contours) into overlays/ beside the results, with overlays/index.html")
     pictures.add_argument("--images", type=Path, default=None,
