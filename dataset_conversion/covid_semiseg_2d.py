@@ -71,22 +71,26 @@ def load_slice(image_file: str, mask_file: str | None, multiclass: bool, case_id
                     info={"source_image": Path(image_file).name, "lesion_pixels": int((label > 0).sum())})
 
 
-def find_slices(folder: Path, require_masks: bool = True) -> list[tuple[str, Path, Path | None]]:
-    """(case id, image, mask) for every image in ``folder/Imgs``; the mask is ``folder/GT/<stem>.png``."""
+def slice_jobs(folder: Path, multiclass: bool, subset: str = "Tr") -> list[CaseJob]:
+    """One job per image in ``folder/Imgs`` with its mask ``folder/GT/<stem>.png``.
+
+    A training image without its mask fails as its own case; a test image may have none (unlabelled).
+    """
     imgs, gts = folder / "Imgs", folder / "GT"
     if not imgs.is_dir():
         raise ConversionError(f"{folder}: no Imgs/ folder (expected Imgs/*.jpg and GT/*.png)")
-    slices = []
+    jobs = []
     for image in sorted(p for p in imgs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
-        mask = gts / f"{image.stem}.png"
-        if not mask.is_file():
-            if require_masks:
-                raise ConversionError(f"{folder}: image {image.name} has no mask GT/{image.stem}.png")
-            mask = None
-        slices.append((case_id_for(image.stem), image, mask))
-    if not slices:
+        case_id, mask = case_id_for(image.stem), gts / f"{image.stem}.png"
+        if mask.is_file() or subset == "Ts":
+            masks = str(mask) if mask.is_file() else None
+            jobs.append(CaseJob(case_id, load_slice, (str(image), masks, multiclass, case_id), subset=subset))
+        else:
+            jobs.append(CaseJob.failing(case_id, f"case {case_id}: {folder}: image {image.name} has no mask "
+                                                 f"GT/{image.stem}.png"))
+    if not jobs:
         raise ConversionError(f"{imgs}: no .jpg/.png images found")
-    return slices
+    return jobs
 
 
 def find_layout_root(input_dir: Path, train_name: str) -> Path:
@@ -111,11 +115,10 @@ def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str =
     suffix = "-multiclass" if multiclass else ""
     input_dir = find_layout_root(Path(input_dir), f"train{suffix}")
     train = input_dir / f"train{suffix}"
-    jobs = [CaseJob(cid, load_slice, (str(img), str(mask), multiclass, cid)) for cid, img, mask in find_slices(train)]
+    jobs = slice_jobs(train, multiclass)
     test = input_dir / f"test{suffix}"
     if test.is_dir():
-        jobs += [CaseJob(cid, load_slice, (str(img), None if mask is None else str(mask), multiclass, cid), subset="Ts")
-                 for cid, img, mask in find_slices(test, require_masks=False)]
+        jobs += slice_jobs(test, multiclass, subset="Ts")
     folder = open_dataset(dataset_id, name, output_root, CLI_NAME,
                           {**crop_settings(crop_lung, crop_margin_mm), "multiclass": bool(multiclass)}, overwrite)
     summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", file_ending=PNG,
