@@ -136,7 +136,13 @@ def test_left_and_right_follow_the_patient_in_every_format(tmp_path, ending, rea
         image, seg = (case.image[..., ::-1], label[..., ::-1]) if flip else (case.image, label)
         _write(np.ascontiguousarray(seg), root / "pred" / f"c1{ending}", case.spacing, origin, direction)
         _write(np.ascontiguousarray(image), root / "images" / f"c1_0000{ending}", case.spacing, origin, direction)
-        rows[name] = quantify_folders(root / "pred", root / "images", root / "out", pictures=False)["cases"][0]
+        rows[name] = quantify_folders(root / "pred", root / "images", root / "out",
+                                      pictures=reader is None and ending == ".nii.gz")["cases"][0]
+    if reader is None and ending == ".nii.gz":  # the picture is drawn in the patient's orientation too
+        from PIL import Image
+
+        figures = [np.asarray(Image.open(tmp_path / name / "out" / "figures" / "c1.png")) for name in rows]
+        np.testing.assert_array_equal(figures[0], figures[1])
     for row in rows.values():
         assert row["right_involvement_pct"] == 0 and row["left_involvement_pct"] > 5
         assert row["left_lung_ml"] == pytest.approx(rows["as_stored"]["left_lung_ml"], rel=1e-9)
@@ -231,6 +237,8 @@ def _one_case(tmp_path: Path, spacing=None):
     ("ground truth", "case c1: no ground truth c1.nii.gz in"),
     ("no lungs", "the automatic lung mask found no lungs in"),
     ("2d", "is 2D; burden needs 3D CT volumes"),
+    ("0/255 mask", "holds values [255] that are not labels of this dataset"),
+    ("probabilities", "holds non-integer values"),
     ("output is a file", "exists and is not a folder"),
 ])
 def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, problem, expected):
@@ -252,12 +260,17 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path, capsys, problem, expect
             (tmp_path / folder / name.replace(".png", ".nii.gz")).unlink()
             from PIL import Image
             Image.fromarray(array.astype(np.uint8)).save(tmp_path / folder / name)
+    elif problem in ("0/255 mask", "probabilities"):
+        _dataset_json(tmp_path, {"background": 0, "infection": 1})
+        values = (case.label > 0) * (255 if problem == "0/255 mask" else 0.7)
+        _write(values.astype(np.uint8 if problem == "0/255 mask" else np.float32), tmp_path / "pred" / "c1.nii.gz",
+               case.spacing)
     elif problem == "output is a file":
         (tmp_path / "out").write_text("mine")
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert expected in err and err.startswith("nnunet-covid quantify: error: ") and "Traceback" not in err, err
-    if problem in ("missing image", "geometry", "2d"):
+    if problem in ("missing image", "geometry", "2d", "0/255 mask", "probabilities"):
         assert "c1" in err and str(tmp_path) in err
     assert not (tmp_path / "out" / "burden.json").exists() or problem == "output is a file"
 

@@ -37,6 +37,7 @@ from nnunet_covid.evaluation.burden import burden_agreement, case_burden, catego
 from nnunet_covid.evaluation.evaluate import csv_text
 from nnunet_covid.evaluation.segmentation_io import (
     Segmentation,
+    check_label_values,
     check_same_geometry,
     dataset_json_near,
     file_ending_of,
@@ -61,34 +62,49 @@ class LabelRoles:
     right: tuple[int, ...] = ()
     left: tuple[int, ...] = ()
     unsided: tuple[int, ...] = ()
+    ignored: tuple[int, ...] = ()  # dataset.json's ``ignore`` label: neither lesion nor lung
 
     @property
     def has_lungs(self) -> bool:
         return bool(self.right or self.left or self.unsided)
+
+    @property
+    def allowed(self) -> set[int]:
+        return {0, *self.lesions.values(), *self.right, *self.left, *self.unsided, *self.ignored}
 
 
 def label_roles(dataset_json: dict | None, where: str) -> LabelRoles | None:
     """Roles from dataset.json's ``labels`` (module doc); None without a dataset.json."""
     if not dataset_json or "labels" not in dataset_json:
         return None
-    lesions, sides = {}, {"right": [], "left": [], "unsided": []}
+    lesions, sides = {}, {"right": [], "left": [], "unsided": [], "ignored": []}
     for name, value in dataset_json["labels"].items():
-        if name in ("background", "ignore"):
+        if name == "background":
             continue
         if not isinstance(value, int):
             raise EvaluationError(f"{where}: dataset.json defines region {name}={value}; burden needs plain labels")
         lowered = name.lower()
-        if "lung" in lowered:
+        if name == "ignore":
+            sides["ignored"].append(value)
+        elif "lung" in lowered:
             side = "left" if "left" in lowered else "right" if "right" in lowered else "unsided"
             sides[side].append(value)
         else:
             lesions[name] = value
-    return LabelRoles(lesions, tuple(sides["right"]), tuple(sides["left"]), tuple(sides["unsided"]))
+    return LabelRoles(lesions, *(tuple(sides[k]) for k in ("right", "left", "unsided", "ignored")))
 
 
-def _default_roles(array: np.ndarray) -> LabelRoles:
-    values = [int(v) for v in np.unique(array) if v != 0]
-    return LabelRoles({f"label_{v}": v for v in values} if values else {"label_1": 1})
+def read_label_map(folder: Folder, case: str, what: str, roles: LabelRoles | None) -> tuple[Segmentation, LabelRoles]:
+    """Read a case's label map and check its values: the dataset.json's labels (``roles``), else any integer,
+    each then a lesion class ``label_<value>``; NaN, fractions (probabilities) and unknown labels are errors."""
+    segmentation = folder.read(case)
+    array = segmentation.array
+    if roles is None:
+        integral = bool(np.isfinite(array).all() and (array == np.round(array)).all())
+        values = [int(v) for v in np.unique(array) if v != 0] if integral else []
+        roles = LabelRoles({f"label_{v}": v for v in values} if values else {"label_1": 1})
+    check_label_values(case, what, folder.files[case], array, roles.allowed)
+    return segmentation, roles
 
 
 @dataclass(frozen=True)
@@ -204,9 +220,9 @@ def _image_lungs(job: CaseInput, prediction: Segmentation, image: Segmentation, 
                                   f"pass a folder of lung masks")
         return split_left_right(mask, spacing, axes)
     folder = job.lungs
-    lungs = folder.read(case)
-    check_same_geometry(case, lungs, prediction, reference="lung mask", reference_file=folder.files[case])
     lung_roles = label_roles(folder.dataset_json, str(folder.path))
+    lungs, _ = read_label_map(folder, case, "lung mask", lung_roles)
+    check_same_geometry(case, lungs, prediction, reference="lung mask", reference_file=folder.files[case])
     if lung_roles is None or not lung_roles.has_lungs:
         sides = split_left_right(lungs.array > 0, spacing, axes)
     else:
@@ -225,11 +241,11 @@ def measure_case(job: CaseInput, lung_cache: dict | None = None) -> CaseResult:
     case, pred_folder = job.case, job.prediction
     pred_path = pred_folder.files[case]
     image_key = case + IMAGE_CHANNEL
-    prediction = pred_folder.read(case)
+    json_roles = label_roles(pred_folder.dataset_json, str(pred_path))
+    prediction, roles = read_label_map(pred_folder, case, "prediction", json_roles)
     check_3d(case, prediction, pred_path)
     image = job.images.read(case, image_key)
     check_same_geometry(case, image, prediction, reference="image", reference_file=job.images.files[image_key])
-    roles = label_roles(pred_folder.dataset_json, str(pred_path)) or _default_roles(prediction.array)
     axes = lps_axes(prediction.direction, pred_folder.reader(case))
     right, left = _aerated_lungs(job, prediction, image, roles, axes, lung_cache)
     spacing = prediction.spacing
@@ -240,9 +256,9 @@ def measure_case(job: CaseInput, lung_cache: dict | None = None) -> CaseResult:
     whole_right, whole_left = whole_lungs(lesion, right, left, spacing)
     gt_lesion = None
     if job.gt is not None:
-        gt = job.gt.read(case)
+        gt, gt_roles = read_label_map(job.gt, case, "ground truth",
+                                      label_roles(job.gt.dataset_json, str(job.gt.path)) or json_roles)
         check_same_geometry(case, gt, prediction, reference_file=job.gt.files[case])
-        gt_roles = label_roles(job.gt.dataset_json, str(job.gt.path)) or roles
         if gt_roles.has_lungs:
             gt_right, gt_left = _some_lung(case, _sided(gt.array, gt_roles, spacing, axes), job.gt.files[case])
         elif job.lungs == "labels":
