@@ -134,10 +134,10 @@ def read_settings(dataset_dir: Path) -> dict | None:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: unreadable conversion record ({e}); remove the dataset folder "
-                              f"or pass --overwrite") from None
+        raise ConversionError(f"{path}: unreadable conversion record ({type(e).__name__}: {e}); pass --overwrite "
+                              f"to rebuild the dataset") from None
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise ConversionError(f"{path}: not a conversion record; remove the dataset folder or pass --overwrite")
+        raise ConversionError(f"{path}: not a conversion record; pass --overwrite to rebuild the dataset")
     return record
 
 
@@ -155,11 +155,16 @@ def open_dataset(dataset_id: int, name: str, output_root: str | os.PathLike | No
     if folder.exists() and not folder.is_dir():
         raise ConversionError(f"{folder} exists and is not a folder")
     if folder.is_dir() and any(folder.iterdir()):
-        previous = read_settings(folder)
+        if not (folder / SETTINGS_FILE).is_file() and not (folder / CASES_DIR).is_dir():
+            raise ConversionError(f"{folder} was not written by nnunet-covid convert (no {SETTINGS_FILE}); "
+                                  f"choose another dataset id or remove that folder")
+        try:
+            previous = read_settings(folder)
+        except ConversionError:
+            if not overwrite:
+                raise
+            previous = None  # an unreadable record of ours: rebuilt below
         if previous is None:
-            if not (folder / CASES_DIR).is_dir():
-                raise ConversionError(f"{folder} was not written by nnunet-covid convert (no {SETTINGS_FILE}); "
-                                      f"choose another dataset id or remove that folder")
             if not overwrite:
                 raise ConversionError(f"{folder.name} was converted without a settings record (an older "
                                       f"nnunet-covid): pass --overwrite to rebuild it, or choose another dataset id")
