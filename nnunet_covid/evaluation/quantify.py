@@ -277,14 +277,13 @@ def measure_case(job: CaseInput, lung_cache: dict | None = None) -> CaseResult:
 
 def figure_title(row: dict) -> str:
     """One line for a case figure: predicted (and ground-truth) lesion volume, involvement and category."""
-    def part(prefix: str, what: str) -> str:
+    def part(prefix: str) -> str:
         pct = row.get(f"{prefix}involvement_pct")
-        return (f"{what} lesion {row[f'{prefix}lesion_ml']:.1f} mL, "
-                f"{'n/a' if pct is None else f'{pct:.1f} %'} of lungs, {row[f'{prefix}ct_category'] or 'n/a'}")
-    text = f"{row['case']}: " + part("", "predicted" if "gt_lesion_ml" in row else "")
-    if "gt_lesion_ml" in row:
-        text += " | " + part("gt_", "ground truth")
-    return text.replace(":  lesion", ": lesion")
+        return (f"lesion {row[f'{prefix}lesion_ml']:.1f} mL, {'n/a' if pct is None else f'{pct:.1f} %'} of lungs, "
+                f"{row[f'{prefix}ct_category'] or 'n/a'}")
+    if "gt_lesion_ml" not in row:
+        return f"{row['case']}: {part('')}"
+    return f"{row['case']}: predicted {part('')} | ground truth {part('gt_')}"
 
 
 def draw_case(result: CaseResult, path: Path) -> Path:
