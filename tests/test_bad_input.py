@@ -35,7 +35,7 @@ from raw_layouts import write_lidc_layout, write_mosmed_layout
 
 LIDC_SHAPE, LIDC_SPACING = (12, 64, 64), (2.5, 0.9, 0.9)
 SMALL = (16, 32, 32)
-ROOT_ONLY_SKIP = os.geteuid() == 0  # permissions do not stop root
+RUNNING_AS_ROOT = os.geteuid() == 0  # file permissions do not stop root
 
 
 @pytest.fixture(scope="module")
@@ -613,9 +613,9 @@ def test_bad_input(row: Row, layouts, converted, tmp_path, capsys, monkeypatch):
         assert not (folder / ".partial").exists() and not list(folder.rglob("*.tmp"))
 
 
-@pytest.mark.skipif(ROOT_ONLY_SKIP, reason="file permissions do not stop root")
 @pytest.mark.parametrize("command", ["convert", "evaluate", "report", "uncrop"])
-def test_output_without_write_permission(command, layouts, tmp_path, capsys):
+def test_output_without_write_permission(command, layouts, tmp_path, capsys, monkeypatch):
+    """A read-only output folder: real permissions, or (as root, whom they do not stop) a denying os.access."""
     locked = tmp_path / "locked"
     locked.mkdir()
     ctx = Ctx(tmp_path, layouts, tmp_path)
@@ -623,6 +623,9 @@ def test_output_without_write_permission(command, layouts, tmp_path, capsys):
             "evaluate": lambda: evaluate_argv(ctx)[:-1] + [locked / "out"],
             "report": lambda: report_argv(ctx)[:-1] + [locked / "out"],
             "uncrop": lambda: uncrop_argv(ctx, out=lambda c: locked / "out")}[command]()
+    if RUNNING_AS_ROOT:
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode, **kw))
     locked.chmod(0o500)
     try:
         before = tree_state(tmp_path)
