@@ -197,3 +197,27 @@ def test_workers_never_outlive_a_killed_convert(sig, tmp_path, capsys):
         folder = tmp_path / "raw" / "Dataset005_MSDLung"
         assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 12
         assert len(json.loads((folder / "crop_boxes.json").read_text())) == 12 and not (folder / ".partial").exists()
+
+
+def test_input_discovery_follows_links_once_and_reports_dangling_ones(tmp_path, capsys):
+    from dataset_conversion.input_files import subfolders, walk_files
+
+    data = tmp_path / "disk2" / "case_b"
+    data.mkdir(parents=True)
+    (data / "b.dcm").write_text("b")
+    raw = tmp_path / "raw"
+    (raw / "case_a" / "Imgs").mkdir(parents=True)
+    (raw / "case_a" / "a.DCM").write_text("a")
+    (raw / "case_a" / ".hidden.dcm").write_text("h")
+    (raw / "case_b").symlink_to(data, target_is_directory=True)
+    (raw / "case_b_again").symlink_to(data, target_is_directory=True)
+    (raw / "case_a" / "up").symlink_to(raw, target_is_directory=True)  # a cycle
+    (raw / "case_c.dcm").symlink_to(tmp_path / "gone.dcm")  # points nowhere
+    (data / "Imgs").mkdir()
+    found = list(walk_files(raw, (".dcm",)))
+    assert [p.relative_to(raw).as_posix() for p in found] == ["case_a/a.DCM", "case_b/b.dcm"]
+    warning = capsys.readouterr().out
+    assert "warning: skipping" in warning and "case_c.dcm" in warning and "points to nothing" in warning
+    assert [p.relative_to(raw).as_posix() for p in subfolders(raw, "Imgs")] == ["case_a/Imgs", "case_b/Imgs"]
+    with pytest.raises(ConversionError, match="folder .*nowhere does not exist"):
+        list(walk_files(tmp_path / "nowhere"))
