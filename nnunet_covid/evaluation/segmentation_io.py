@@ -131,6 +131,8 @@ def pair_cases(gt_dir: Path, pred_dir: Path, missing: str = "error") -> CasePair
         if not folder.is_dir():
             raise EvaluationError(f"{what} folder {folder} " + ("is not a folder" if folder.exists()
                                                                  else "does not exist"))
+    if gt_dir.resolve() == pred_dir.resolve():
+        raise EvaluationError(f"--gt and --pred are the same folder {gt_dir}: every score would be perfect")
     dataset_json = dataset_json_near(pred_dir, gt_dir)
     file_ending = file_ending_of(gt_dir, dataset_json)
     gt_files = list_cases(gt_dir, file_ending)
