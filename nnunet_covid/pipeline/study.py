@@ -5,8 +5,8 @@ A study grid (JSON, e.g. ``trainer_configs/wang2022_covid19_ct_seg.json``; keys 
 
 1. ``prepare`` (with ``"prepare": true``): nnU-Net's plan and preprocess of the target; for every
    source, its fingerprint, the target's plans moved onto it and its preprocessing with them
-   (nnU-Net's documented pre-train/fine-tune recipe). Done when the plans file exists and every
-   training case is preprocessed.
+   (nnU-Net's documented pre-train/fine-tune recipe), with ``num_processes`` processes for fingerprints
+   and preprocessing. Done when the plans file exists and every training case is preprocessed.
 2. ``pretrain``: ``nnUNetv2_train`` of every source a strategy uses (in ``$nnUNet_results``); done at
    its ``checkpoint_final.pth``.
 3. ``train``: each run ``(strategy, source or none, fold)`` with ``nnUNet_results=<study>/runs/<source>``
@@ -22,7 +22,10 @@ A study grid (JSON, e.g. ``trainer_configs/wang2022_covid19_ct_seg.json``; keys 
 6. ``report``: ``nnunet-covid report`` -> ``<study>/report/`` (rerun whenever an evaluation is newer).
 
 ``<run>`` is ``<strategy>`` or ``<strategy>__<source>``; tables label it ``<strategy>[<source>]``.
-Every step carries the steps it depends on (:attr:`Step.after`), so a scheduler can chain them.
+Every step carries the steps it depends on (:attr:`Step.after`), so a scheduler can chain them, the GPUs
+it needs (:attr:`Step.gpus`) and, for the per-fold steps of a run, an array name shared by the folds
+(:attr:`Step.array`), so a scheduler can submit them as one job array (:mod:`~nnunet_covid.pipeline.slurm`).
+With ``num_gpus`` > 1 every ``nnUNetv2_train`` of a training gets ``-num_gpus N`` (nnU-Net's DDP).
 ``study_manifest.json`` lists the runs with paths relative to the study folder for the report.
 """
 from __future__ import annotations
@@ -62,6 +65,8 @@ class Step:
     covered_by: "Step | None" = None  # a pending ``covered_by`` step also does this one's work
     after: list["Step"] = field(default_factory=list)
     done_check: Callable[[], bool] | None = None  # an extra condition besides the files in ``done``
+    gpus: int = 0  # GPUs the commands use
+    array: str | None = None  # the per-fold steps of one run share it; they differ only in the fold
 
     def is_done(self) -> bool:
         return all(p.is_file() for p in self.done) and (self.done_check is None or self.done_check())
@@ -216,6 +221,7 @@ def _prepare_steps(study: dict, target_name: str, source_names: dict[str, str], 
     preprocessed = Path(base_env["nnUNet_preprocessed"])
     planner = ["-pl", study["planner"]] if study.get("planner") else []
     np_ = ["-np", str(num_processes)]
+    npfp = ["-npfp", str(num_processes)]  # fingerprint and integrity check (nnU-Net's default: 8 processes)
 
     def id_of(dataset: str) -> str:  # nnU-Net's planning commands take dataset ids only
         return str(parse_dataset_folder_name(dataset)[0])
@@ -226,14 +232,14 @@ def _prepare_steps(study: dict, target_name: str, source_names: dict[str, str], 
                     after=after, done_check=lambda: preprocessing_done(preprocessed, dataset, plans, configuration))
 
     prepared = {target_name: step(target_name, [[nnunet_tool("nnUNetv2_plan_and_preprocess"), "-d", id_of(target_name),
-                                                 "-c", configuration, *planner, *np_,
+                                                 "-c", configuration, *planner, *npfp, *np_,
                                                  "--verify_dataset_integrity"]], [])}
     for name in dict.fromkeys(source_names.values()):
         if name == target_name:
             continue
         prepared[name] = step(name, [
-            [nnunet_tool("nnUNetv2_plan_and_preprocess"), "-d", id_of(name), "-c", configuration, *planner, *np_,
-             "--verify_dataset_integrity", "--no_pp"],
+            [nnunet_tool("nnUNetv2_plan_and_preprocess"), "-d", id_of(name), "-c", configuration, *planner, *npfp,
+             *np_, "--verify_dataset_integrity", "--no_pp"],
             [nnunet_tool("nnUNetv2_move_plans_between_datasets"), "-s", id_of(target_name), "-t", id_of(name),
              "-sp", plans, "-tp", plans],
             [nnunet_tool("nnUNetv2_preprocess"), "-d", id_of(name), "-plans_name", plans, "-c", configuration, *np_],
@@ -243,8 +249,13 @@ def _prepare_steps(study: dict, target_name: str, source_names: dict[str, str], 
 
 # ------------------------------------------------------------------------------------------------- planning
 def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: str | None = None,
-               num_processes: int = 1, environ: dict[str, str] | None = None) -> tuple[list[Step], list[Run]]:
-    """All steps of the grid in execution order (dependencies first), and the runs they produce."""
+               num_processes: int = 1, environ: dict[str, str] | None = None,
+               num_gpus: int | None = None) -> tuple[list[Step], list[Run]]:
+    """All steps of the grid in execution order (dependencies first), and the runs they produce.
+
+    ``num_gpus`` (default 1 on the cuda device, none on others): GPUs per training; more than one trains
+    with ``nnUNetv2_train ... -num_gpus N`` (nnU-Net's DDP). Predictions use one GPU.
+    """
     environ = dict(os.environ if environ is None else environ)
     for name in NNUNET_ROOTS:
         if not environ.get(name):
@@ -258,6 +269,13 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
     if unknown:
         raise StudyError(f"folds {unknown} are not in the study's folds {target['folds']}")
     device_args = ["-device", device] if device else []
+    on_gpu = device in (None, "cuda")  # nnU-Net's default device is cuda
+    if num_gpus is not None and (num_gpus < 1 or not on_gpu):
+        raise StudyError(f"GPUs per training ({num_gpus}): a positive number, on the cuda device only "
+                         f"(device: {device})")
+    num_gpus = num_gpus or 1
+    gpu_args = ["-num_gpus", str(num_gpus)] if num_gpus > 1 else []
+    train_gpus, predict_gpus = (num_gpus, 1) if on_gpu else (0, 0)
     base_env = {k: environ[k] for k in NNUNET_ROOTS}
     base_env["nnUNet_extTrainer"] = ext_trainer_dir()
     if device == "cpu":
@@ -282,13 +300,13 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                                    source["configuration"], source["fold"])
         checkpoints[source_name] = fold_dir / "checkpoint_final.pth"
         argv = [nnunet_tool("nnUNetv2_train"), name, source["configuration"], str(source["fold"]), "-tr",
-                source["trainer"], "-p", source["plans"], *device_args]
+                source["trainer"], "-p", source["plans"], *device_args, *gpu_args]
         if (fold_dir / "checkpoint_latest.pth").is_file():
             argv.append("--c")
         pretrain_steps[source_name] = Step(f"pretrain_{source_name}", "pretrain", f"pre-train {source_name}", [argv],
                                            dict(base_env), [checkpoints[source_name]],
                                            logs / f"pretrain_{source_name}.log",
-                                           after=[prepared[name]] if name in prepared else [])
+                                           after=[prepared[name]] if name in prepared else [], gpus=train_gpus)
         steps.append(pretrain_steps[source_name])
 
     test_cases = target["test_cases"]
@@ -307,7 +325,7 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                 fold_dir = training_folder(results_root, target_name, run.trainer, plans, configuration, fold)
                 base = [nnunet_tool("nnUNetv2_train"), target_name, configuration, str(fold), "-tr", run.trainer,
                         "-p", plans, *device_args]
-                argv, train_env = list(base), dict(env)
+                argv, train_env = base + gpu_args, dict(env)
                 if (fold_dir / "checkpoint_latest.pth").is_file():
                     argv.append("--c")  # the checkpoint already holds the pre-trained start
                 elif source_name is not None:
@@ -318,14 +336,15 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                 title = f"{run.label} fold {fold}"
                 train = Step(f"train_{run.dir_name}_fold{fold}", "train", f"train {title}", [argv], train_env,
                              [fold_dir / "checkpoint_final.pth"], logs / f"train_{run.dir_name}_fold{fold}.log",
-                             after=train_after)
+                             after=train_after, gpus=train_gpus, array=f"train_{run.dir_name}")
                 steps.append(train)
                 if test_cases == "validation":
                     predictions = fold_dir / "validation"
                     gt_dir = Path(environ["nnUNet_raw"]) / target_name / "labelsTr"
                     predict = Step(f"validate_{run.dir_name}_fold{fold}", "predict", f"validate {title}",
                                    [base + ["--val"]], env, [predictions / "summary.json"],
-                                   logs / f"validate_{run.dir_name}_fold{fold}.log", covered_by=train, after=[train])
+                                   logs / f"validate_{run.dir_name}_fold{fold}.log", covered_by=train, after=[train],
+                                   gpus=predict_gpus, array=f"validate_{run.dir_name}")
                 else:
                     predictions = study_dir / "predictions" / run.dir_name / f"fold_{fold}"
                     images = _expand(test_cases["imagesTs"], environ, "target.test_cases.imagesTs")
@@ -337,7 +356,7 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                                      target_name, "-c", configuration, "-f", str(fold), "-tr", run.trainer, "-p", plans,
                                      *tta, *device_args]],
                                    env, [marker], logs / f"predict_{run.dir_name}_fold{fold}.log", marker=marker,
-                                   after=[train])
+                                   after=[train], gpus=predict_gpus, array=f"predict_{run.dir_name}")
                 steps.append(predict)
                 evaluation = study_dir / "evaluation" / run.dir_name / f"fold_{fold}.json"
                 eval_argv = [nnunet_tool("nnunet-covid"), "evaluate", "--gt", str(gt_dir), "--pred", str(predictions),
@@ -348,7 +367,8 @@ def plan_study(study: dict, study_dir: Path, folds: list | None = None, device: 
                 if test_cases == "validation":  # the fold's validation cases, scored against the whole labelsTr
                     eval_argv.append("--predicted-only")
                 evaluate = Step(f"evaluate_{run.dir_name}_fold{fold}", "evaluate", f"evaluate {title}", [eval_argv], {},
-                                [evaluation], logs / f"evaluate_{run.dir_name}_fold{fold}.log", after=[predict])
+                                [evaluation], logs / f"evaluate_{run.dir_name}_fold{fold}.log", after=[predict],
+                                array=f"evaluate_{run.dir_name}")
                 steps.append(evaluate)
                 evaluations.append(evaluation)
                 run.folds[str(fold)] = {"evaluation": str(evaluation), "training_dir": str(fold_dir)}
