@@ -135,7 +135,8 @@ def test_other_label_count_reinitialises_only_the_segmentation_heads():
 
 def test_incompatible_checkpoint_lists_every_problem_in_one_error():
     plain_state = fresh(PlainConvUNet, **plans_kwargs(features=(8, 16, 24))).state_dict()
-    del plain_state["encoder.stages.0.0.convs.0.conv.weight"]
+    for alias in ("conv.weight", "all_modules.0.weight"):
+        del plain_state[f"encoder.stages.0.0.convs.0.{alias}"]
     with pytest.raises(CheckpointError) as error:
         load_plain_unet_into_hybrid(fresh(HybridEncoderUNet, **plans_kwargs()), plain_state)
     message = str(error.value)

@@ -1,8 +1,8 @@
 """Transfer trainers in-process: weight loading (stock flag vs convention), freezing, schedules, source sampling.
 
-Trainers are built from a small hand-written 3d_fullres plan (PlainConvUNet [8, 16, 32, 64], patch
-16 x 32 x 32) and stepped on random batches; the "pre-trained" checkpoint is an nnU-Net-format
-checkpoint of a 3-class network of the same plan.
+Trainers are built from a small hand-written 3d_fullres plan (tests/tiny_trainers.py: PlainConvUNet
+[8, 16, 32, 64], patch 16 x 32 x 32) and stepped on random batches; the "pre-trained" checkpoint is an
+nnU-Net-format checkpoint of a 3-class network of the same plan.
 """
 from __future__ import annotations
 
@@ -23,66 +23,23 @@ from nnunet_covid.training.multilesion_trainers import (MultiLesionPartialLabelT
 from nnunet_covid.training.trainer_config import load_trainer_config
 from nnunet_covid.training.transfer_trainers import (BodyFineTuneTrainer, ContinualLearningTrainer,
                                                      FrozenEncoderTrainer)
+from tiny_trainers import make_trainer, prepare_dirs, random_batch, tiny_plans
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 torch.set_num_threads(1)
 
 DATASET = "Dataset950_UnitTarget"
 LOWEST_HEAD = "seg_layers.0."  # nnU-Net gives the lowest-resolution output weight 0: it never gets a gradient
-ARCH = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-        "arch_kwargs": {"n_stages": 4, "features_per_stage": [8, 16, 32, 64],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-                        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
-                        "n_conv_per_stage": [2, 2, 2, 2], "n_conv_per_stage_decoder": [2, 2, 2], "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                        "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-PLANS = {
-    "dataset_name": DATASET, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [5.0, 2.0, 2.0],
-    "original_median_shape_after_transp": [16, 32, 32], "image_reader_writer": "SimpleITKIO",
-    "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "experiment_planner_used": "ExperimentPlanner",
-    "label_manager": "LabelManager",
-    "foreground_intensity_properties_per_channel": {"0": {"max": 4.0, "mean": -400.0, "median": -500.0,
-                                                          "min": -565.0, "percentile_00_5": -550.0,
-                                                          "percentile_99_5": -14.0, "std": 160.0}},
-    "configurations": {"3d_fullres": {
-        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
-        "patch_size": [16, 32, 32], "median_image_size_in_voxels": [16, 32, 32], "spacing": [5.0, 2.0, 2.0],
-        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
-        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
-        "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
-        "architecture": ARCH, "batch_dice": False}},
-}
-
-
-def _dataset_json(num_classes: int, **extra) -> dict:
-    labels = {"background": 0, **{f"lesion{i}": i for i in range(1, num_classes)}}
-    return {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 4, "file_ending": ".nii.gz", **extra}
+PLANS = tiny_plans(DATASET)
 
 
 @pytest.fixture
 def nnunet_dirs(tmp_path, monkeypatch):
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        monkeypatch.setenv(name, str(tmp_path / name))
-    data = tmp_path / "nnUNet_preprocessed" / DATASET / "nnUNetPlans_3d_fullres"
-    data.mkdir(parents=True)
-    (data / "case.b2nd").touch()  # nnU-Net infers its dataset class from the file ending
-    monkeypatch.delenv(pw.PRETRAINED_CHECKPOINT_ENV, raising=False)
-    return tmp_path
+    return prepare_dirs(tmp_path, monkeypatch, DATASET)
 
 
 def _trainer(cls, num_classes: int = 2, **dataset_json_extra):
-    plans = json.loads(json.dumps(PLANS))
-    plans["continue_training"] = False
-    trainer = cls(plans, "3d_fullres", 0, _dataset_json(num_classes, **dataset_json_extra), torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+    return make_trainer(cls, PLANS, num_classes, **dataset_json_extra)
 
 
 @pytest.fixture
@@ -93,15 +50,6 @@ def pretrained_checkpoint(nnunet_dirs):
     torch.save({"network_weights": source.network.state_dict(), "current_epoch": 4,
                 "logging": {"lrs": [0.01, 0.0077, 0.0054, 0.0029]}}, path)
     return path
-
-
-def _batch(trainer, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    patch = trainer.configuration_manager.patch_size
-    data = torch.randn((2, 1, *patch), generator=generator)
-    targets = [torch.randint(0, 2, (2, 1, *[round(p * s) for p, s in zip(patch, scale)]), generator=generator).float()
-               for scale in trainer._get_deep_supervision_scales()]
-    return {"data": data, "target": targets, "keys": ["a", "b"]}
 
 
 def _snapshot(module):
@@ -127,7 +75,7 @@ def test_frozen_encoder_stays_bitwise_unchanged_while_the_decoder_trains(pretrai
     trainer.on_train_epoch_start()
     assert not network.encoder.training and network.decoder.stages.training
     for step in range(2):
-        trainer.train_step(_batch(trainer, step))
+        trainer.train_step(random_batch(trainer, step))
     assert all(torch.equal(v, network.encoder.get_parameter(k)) for k, v in encoder_before.items())
     changed = [k for k, v in decoder_before.items()
                if not k.startswith("encoder.") and not torch.equal(v, network.decoder.get_parameter(k))]
@@ -143,7 +91,7 @@ def test_body_finetune_trains_every_weight_with_its_configured_lr(pretrained_che
     trainer.on_train_epoch_start()
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(load_trainer_config("body_finetune")["initial_lr"])
     before = _snapshot(trainer.network)
-    trainer.train_step(_batch(trainer))
+    trainer.train_step(random_batch(trainer))
     unchanged = [k for k, v in before.items() if torch.equal(v, trainer.network.get_parameter(k))]
     assert unchanged == ["decoder." + LOWEST_HEAD + "weight", "decoder." + LOWEST_HEAD + "bias"]
 
@@ -195,7 +143,8 @@ def test_missing_convention_checkpoint_names_what_was_looked_for(nnunet_dirs, mo
 def test_incompatible_checkpoint_lists_every_missing_key_and_shape_mismatch(pretrained_checkpoint, nnunet_dirs):
     trainer = _trainer(BodyFineTuneTrainer)
     weights = torch.load(pretrained_checkpoint, weights_only=False)["network_weights"]
-    del weights["decoder.stages.0.convs.0.conv.weight"]
+    for alias in ("conv.weight", "all_modules.0.weight"):  # every name of the tensor, else it loads from the other
+        del weights[f"decoder.stages.0.convs.0.{alias}"]
     weights["encoder.stages.3.0.convs.1.conv.bias"] = torch.zeros(5)
     broken = nnunet_dirs / "broken.pth"
     torch.save({"network_weights": {"module." + k: v for k, v in weights.items()}}, broken)  # DDP prefix stripped
@@ -204,7 +153,8 @@ def test_incompatible_checkpoint_lists_every_missing_key_and_shape_mismatch(pret
     message = str(error.value)
     assert "missing in checkpoint: decoder.stages.0.convs.0.conv.weight" in message
     assert "shape mismatch: encoder.stages.3.0.convs.1.conv.bias: checkpoint (5,) vs network (64,)" in message
-    assert message.count("\n") == 2  # one header line, then exactly the two problems
+    assert "partial_load" in message.splitlines()[-1]  # how to load what fits
+    assert message.count("\n") == 3  # one header line, exactly the two problems, the hint
 
 
 def test_checkpoints_are_read_onto_the_cpu(pretrained_checkpoint, monkeypatch):

@@ -8,7 +8,8 @@ the ResEnc presets) and holds
   initialised and trained;
 - ``adapted_encoder``: an encoder of identical architecture holding the pre-trained
   encoder; frozen (``requires_grad`` False, always in eval mode, run under ``torch.no_grad()`` so
-  none of its activations are kept for backward);
+  none of its activations are kept for backward) until :meth:`HybridUNetBase.set_adapted_encoder_trainable`
+  lets it train (a fine-tuning recipe that unfreezes it after some epochs);
 - ``fusions``: one :class:`SelectiveFusion` per encoder stage, i.e. at every skip level and at the
   bottleneck. The paper fuses "at the end of the encoder"; a U-Net decoder also reads every skip, so
   every feature map the decoder consumes is a fusion of both encoders;
@@ -57,16 +58,24 @@ class HybridUNetBase(nn.Module):
                                      for c in dedicated.output_channels)
         self.decoder = UNetDecoder(dedicated, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                    nonlin_first=nonlin_first)
+        self.adapted_encoder_trainable = False
         self.adapted_encoder.eval()
 
+    def set_adapted_encoder_trainable(self, trainable: bool) -> None:
+        """Unfreeze (or freeze again) the adapted encoder: gradients, its activations kept, train mode with the rest."""
+        self.adapted_encoder_trainable = trainable
+        self.adapted_encoder.requires_grad_(trainable)
+        self.adapted_encoder.train(self.training and trainable)
+
     def train(self, mode: bool = True) -> "HybridUNetBase":
-        """Like ``nn.Module.train`` but the adapted encoder stays in eval mode (frozen statistics, no dropout)."""
+        """Like ``nn.Module.train`` but a frozen adapted encoder stays in eval mode (frozen statistics, no dropout)."""
         super().train(mode)
-        self.adapted_encoder.eval()
+        if not self.adapted_encoder_trainable:
+            self.adapted_encoder.eval()
         return self
 
     def forward(self, x: torch.Tensor):
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.adapted_encoder_trainable):
             adapted_skips = self.adapted_encoder(x)
         dedicated_skips = self.dedicated_encoder(x)
         fused = [fusion(d, a) for fusion, d, a in zip(self.fusions, dedicated_skips, adapted_skips)]

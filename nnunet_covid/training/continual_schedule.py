@@ -6,37 +6,42 @@ does not restart at lr0: fine-tuning epoch j of E_ft uses
     lr(j) = lr_pre(r + j * (E_pre - r) / E_ft),    r = resume_fraction * E_pre,
 
 so the first fine-tuning epoch gets exactly the pre-training schedule's value at epoch r and the
-rate decays along the same curve to 0 at the end of fine-tuning.
+rate decays along the same curve to 0 at the end of fine-tuning. With a warm-up recipe
+(:mod:`~nnunet_covid.training.finetune_schedule`) this curve is the decay d(j, n) over the n epochs left
+after the heads-first and warm-up epochs, and the warm-up rises to lr_pre(r).
 """
 from __future__ import annotations
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+from nnunet_covid.training.finetune_schedule import FineTuneLRScheduler
 
 
-class ContinuedPolyLRScheduler(PolyLRScheduler):
-    """nnU-Net's ``PolyLRScheduler`` over the pre-training epochs, with fine-tuning epochs mapped onto ``[r, E_pre]``."""
+class ContinuedPolyDecay:
+    """d(j, n) = lr_pre(r + j (E_pre - r) / n): the pre-training's poly curve from epoch r, spread over n epochs."""
+
+    def __init__(self, pretraining_initial_lr: float, pretraining_epochs: int, resume_epoch: float,
+                 exponent: float = 0.9):
+        self.initial_lr, self.pretraining_epochs, self.resume_epoch = pretraining_initial_lr, pretraining_epochs, resume_epoch
+        self.exponent = exponent
+
+    def pretraining_epoch(self, epoch: float, epochs: int) -> float:
+        """The pre-training epoch whose rate fine-tuning epoch ``epoch`` of ``epochs`` uses."""
+        return self.resume_epoch + epoch * (self.pretraining_epochs - self.resume_epoch) / epochs
+
+    def __call__(self, epoch: float, epochs: int) -> float:
+        return self.initial_lr * (1 - self.pretraining_epoch(epoch, epochs) / self.pretraining_epochs) ** self.exponent
+
+
+class ContinuedPolyLRScheduler(FineTuneLRScheduler):
+    """:class:`~nnunet_covid.training.finetune_schedule.FineTuneLRScheduler` whose decay continues the pre-training."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, pretraining_initial_lr: float, pretraining_epochs: int,
-                 resume_epoch: float, finetune_epochs: int, exponent: float = 0.9):
+                 resume_epoch: float, finetune_epochs: int, exponent: float = 0.9, warmup_epochs: int = 0,
+                 heads_first_epochs: int = 0, heads_first_lr: float = 0.0):
         if not 0 <= resume_epoch < pretraining_epochs:
             raise ValueError(f"resume epoch {resume_epoch} must lie in [0, {pretraining_epochs}) (pre-training epochs)")
-        if finetune_epochs < 1:
-            raise ValueError(f"fine-tuning epochs must be >= 1, got {finetune_epochs}")
         self.resume_epoch = float(resume_epoch)
-        self.finetune_epochs = finetune_epochs
-        super().__init__(optimizer, pretraining_initial_lr, pretraining_epochs, exponent)
-
-    def pretraining_epoch(self, finetune_epoch: float) -> float:
-        """The pre-training epoch whose learning rate fine-tuning epoch ``finetune_epoch`` uses."""
-        return self.resume_epoch + finetune_epoch * (self.max_steps - self.resume_epoch) / self.finetune_epochs
-
-    def lr_at(self, finetune_epoch: float) -> float:
-        """lr of fine-tuning epoch ``finetune_epoch``: lr_pre at :meth:`pretraining_epoch`."""
-        return self.initial_lr * (1 - self.pretraining_epoch(finetune_epoch) / self.max_steps) ** self.exponent
-
-    def step(self, current_step=None):
-        if current_step is None or current_step == -1:
-            current_step = self.ctr
-            self.ctr += 1
-        super().step(self.pretraining_epoch(current_step))
+        super().__init__(optimizer, ContinuedPolyDecay(pretraining_initial_lr, pretraining_epochs, self.resume_epoch,
+                                                       exponent),
+                         finetune_epochs, warmup_epochs, heads_first_epochs, heads_first_lr)

@@ -37,8 +37,9 @@ def trainer_configs_dir() -> Path:
                              f"{package_dir.parent / 'trainer_configs'}); set {TRAINER_CONFIGS_ENV}")
 
 
-def load_trainer_config(strategy: str) -> dict:
-    """The parsed ``<strategy>.json`` of :func:`trainer_configs_dir`, e.g. ``load_trainer_config("frozen_encoder")``."""
+def load_trainer_config(strategy: str, recipe: str = "") -> dict:
+    """The parsed ``<strategy>.json`` of :func:`trainer_configs_dir`, e.g. ``load_trainer_config("frozen_encoder")``;
+    with ``recipe``, its entry ``"recipes": {recipe: {...}}`` overrides the top-level keys."""
     path = trainer_configs_dir() / f"{strategy}.json"
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.json"))
@@ -49,12 +50,24 @@ def load_trainer_config(strategy: str) -> dict:
         raise TrainerConfigError(f"trainer config {path} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
         raise TrainerConfigError(f"trainer config {path} must hold a JSON object, got {type(config).__name__}")
-    return config
+    if not recipe:
+        return config
+    recipes = config.get("recipes") if isinstance(config.get("recipes"), dict) else {}
+    if not isinstance(recipes.get(recipe), dict):
+        raise TrainerConfigError(f"trainer config {path} has no recipe '{recipe}' under \"recipes\" (recipes: "
+                                 f"{', '.join(recipes) or 'none'})")
+    return {**config, **recipes[recipe]}
 
 
-def config_value(config: dict, key: str, kind: type, strategy: str):
-    """``config[key]`` checked to be of ``kind`` (ints accepted for floats); a clear error naming the file otherwise."""
+_REQUIRED = object()
+
+
+def config_value(config: dict, key: str, kind: type, strategy: str, default=_REQUIRED):
+    """``config[key]`` checked to be of ``kind`` (ints accepted for floats), ``default`` when absent (if given);
+    a clear error naming the file otherwise."""
     if key not in config:
+        if default is not _REQUIRED:
+            return default
         raise TrainerConfigError(f"trainer config {strategy}.json has no '{key}'")
     value = config[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -14,7 +14,9 @@ or the documented convention).
 - :class:`FrozenEncoderTrainer` (``frozen_encoder.json``): the pre-trained encoder frozen
   (``frozen_modules: ["encoder"]``), only the decoder (incl. segmentation heads) trains.
 
-Their short variants (``_5epochs``, ``_tiny``, ``_demo``) are in :mod:`~nnunet_covid.training.variants`.
+Their short variants (``_5epochs``, ``_tiny``, ``_demo``) and fine-tuning recipe variants (``_warmup``,
+``_headsfirst``, ``_unfreeze``: the ``"recipes"`` of each config, see
+:mod:`~nnunet_covid.training.finetune_schedule`) are in :mod:`~nnunet_covid.training.variants`.
 """
 from __future__ import annotations
 
@@ -48,8 +50,13 @@ class ContinualLearningTrainer(PretrainedTransferTrainer):
         self.schedule_source = f"{self.strategy}.json"
 
     def build_lr_scheduler(self, optimizer: torch.optim.Optimizer) -> ContinuedPolyLRScheduler:
+        """The continued pre-training curve, after the recipe's heads-first and warm-up epochs (if any)."""
+        recipe = self.finetune_recipe.scaled(self.num_epochs)
         return ContinuedPolyLRScheduler(optimizer, self.pretraining_initial_lr, self.pretraining_epochs,
-                                        self.resume_fraction * self.pretraining_epochs, self.num_epochs)
+                                        self.resume_fraction * self.pretraining_epochs, self.num_epochs,
+                                        warmup_epochs=recipe.warmup_epochs,
+                                        heads_first_epochs=recipe.heads_first_epochs,
+                                        heads_first_lr=recipe.heads_first_lr)
 
     def set_pretraining_schedule(self, initial_lr: float, epochs: int, source: str) -> None:
         """Use the pre-training's ``initial_lr`` and ``epochs`` for the continued schedule."""
@@ -64,7 +71,7 @@ class ContinualLearningTrainer(PretrainedTransferTrainer):
         self.print_to_log_file(
             f"continual schedule: pre-training lr0 {self.pretraining_initial_lr}, {self.pretraining_epochs} epochs "
             f"({self.schedule_source}); resuming at epoch {self.lr_scheduler.resume_epoch:g} "
-            f"(lr {self.lr_scheduler.lr_at(0):.6g})")
+            f"(lr {self.lr_scheduler.decay(0, self.lr_scheduler.decay_epochs):.6g})")
 
     def provenance(self) -> dict:
         return {**super().provenance(), "pretraining_initial_lr": self.pretraining_initial_lr,

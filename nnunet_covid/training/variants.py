@@ -1,9 +1,15 @@
-"""Schedule variants of every trainer, named as nnU-Net names its own (``<Trainer>_5epochs``, ...).
+"""Schedule and recipe variants of the trainers, named as nnU-Net names its own (``<Trainer>_5epochs``, ...).
 
-``_5epochs``: a quick end-to-end check on a GPU; ``_tiny``: 1 epoch of 2 iterations (tests,
+Schedules: ``_5epochs``: a quick end-to-end check on a GPU; ``_tiny``: 1 epoch of 2 iterations (tests,
 ``nnunet-covid demo --quick``); ``_demo``: 13 epochs of 12 iterations (``nnunet-covid demo``). The
 ``_tiny`` and ``_demo`` variants skip the final validation after training and predict it without
 test-time mirroring; see :mod:`~nnunet_covid.training.short_variants`.
+
+Fine-tuning recipes (``recipe``: an entry of the strategy config's ``"recipes"``, see
+:mod:`~nnunet_covid.training.finetune_schedule`): ``_warmup`` (linear warm-up, then the strategy's decay;
+nnU-Net's ``nnUNetTrainer_warmup``), ``_warmup_lr1e3`` (nnssl's: lr 1e-3), ``_headsfirst`` (MultiTalent:
+segmentation heads alone, then a whole-network warm-up), ``_unfreeze`` (the frozen encoder joins training
+after K epochs). Each also as ``_tiny`` and ``_demo``, whose recipe epochs scale down with the schedule.
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -22,6 +28,17 @@ __all__ = [
     "FrozenEncoderTrainer_5epochs", "FrozenEncoderTrainer_tiny", "FrozenEncoderTrainer_demo",
     "HybridEncoderTrainer_5epochs", "HybridEncoderTrainer_tiny", "HybridEncoderTrainer_demo",
     "NCoVSegNetTrainer_5epochs", "NCoVSegNetTrainerSmall_tiny", "NCoVSegNetTrainerSmall_demo",
+    "BodyFineTuneTrainer_warmup", "BodyFineTuneTrainer_warmup_lr1e3", "BodyFineTuneTrainer_headsfirst",
+    "ContinualLearningTrainer_warmup", "ContinualLearningTrainer_headsfirst", "FrozenEncoderTrainer_unfreeze",
+    "HybridEncoderTrainer_warmup", "HybridEncoderTrainer_headsfirst", "HybridEncoderTrainer_unfreeze",
+    "BodyFineTuneTrainer_warmup_tiny", "BodyFineTuneTrainer_warmup_demo", "BodyFineTuneTrainer_warmup_lr1e3_tiny",
+    "BodyFineTuneTrainer_warmup_lr1e3_demo", "BodyFineTuneTrainer_headsfirst_tiny",
+    "BodyFineTuneTrainer_headsfirst_demo", "ContinualLearningTrainer_warmup_tiny",
+    "ContinualLearningTrainer_warmup_demo", "ContinualLearningTrainer_headsfirst_tiny",
+    "ContinualLearningTrainer_headsfirst_demo", "FrozenEncoderTrainer_unfreeze_tiny",
+    "FrozenEncoderTrainer_unfreeze_demo", "HybridEncoderTrainer_warmup_tiny", "HybridEncoderTrainer_warmup_demo",
+    "HybridEncoderTrainer_headsfirst_tiny", "HybridEncoderTrainer_headsfirst_demo",
+    "HybridEncoderTrainer_unfreeze_tiny", "HybridEncoderTrainer_unfreeze_demo",
 ]
 
 
@@ -110,4 +127,114 @@ class NCoVSegNetTrainerSmall_tiny(Tiny, NCoVSegNetTrainerSmall):
 
 
 class NCoVSegNetTrainerSmall_demo(Demo, NCoVSegNetTrainerSmall):
+    pass
+
+# --- fine-tuning recipes (trainer_configs/<strategy>.json "recipes")
+
+
+class BodyFineTuneTrainer_warmup(BodyFineTuneTrainer):
+    recipe = "warmup"
+
+
+class BodyFineTuneTrainer_warmup_tiny(Tiny, BodyFineTuneTrainer_warmup):
+    pass
+
+
+class BodyFineTuneTrainer_warmup_demo(Demo, BodyFineTuneTrainer_warmup):
+    pass
+
+
+class BodyFineTuneTrainer_warmup_lr1e3(BodyFineTuneTrainer):
+    recipe = "warmup_lr1e3"
+
+
+class BodyFineTuneTrainer_warmup_lr1e3_tiny(Tiny, BodyFineTuneTrainer_warmup_lr1e3):
+    pass
+
+
+class BodyFineTuneTrainer_warmup_lr1e3_demo(Demo, BodyFineTuneTrainer_warmup_lr1e3):
+    pass
+
+
+class BodyFineTuneTrainer_headsfirst(BodyFineTuneTrainer):
+    recipe = "headsfirst"
+
+
+class BodyFineTuneTrainer_headsfirst_tiny(Tiny, BodyFineTuneTrainer_headsfirst):
+    pass
+
+
+class BodyFineTuneTrainer_headsfirst_demo(Demo, BodyFineTuneTrainer_headsfirst):
+    pass
+
+
+class ContinualLearningTrainer_warmup(ContinualLearningTrainer):
+    recipe = "warmup"
+
+
+class ContinualLearningTrainer_warmup_tiny(Tiny, ContinualLearningTrainer_warmup):
+    pass
+
+
+class ContinualLearningTrainer_warmup_demo(Demo, ContinualLearningTrainer_warmup):
+    pass
+
+
+class ContinualLearningTrainer_headsfirst(ContinualLearningTrainer):
+    recipe = "headsfirst"
+
+
+class ContinualLearningTrainer_headsfirst_tiny(Tiny, ContinualLearningTrainer_headsfirst):
+    pass
+
+
+class ContinualLearningTrainer_headsfirst_demo(Demo, ContinualLearningTrainer_headsfirst):
+    pass
+
+
+class FrozenEncoderTrainer_unfreeze(FrozenEncoderTrainer):
+    recipe = "unfreeze"
+
+
+class FrozenEncoderTrainer_unfreeze_tiny(Tiny, FrozenEncoderTrainer_unfreeze):
+    pass
+
+
+class FrozenEncoderTrainer_unfreeze_demo(Demo, FrozenEncoderTrainer_unfreeze):
+    pass
+
+
+class HybridEncoderTrainer_warmup(HybridEncoderTrainer):
+    recipe = "warmup"
+
+
+class HybridEncoderTrainer_warmup_tiny(Tiny, HybridEncoderTrainer_warmup):
+    pass
+
+
+class HybridEncoderTrainer_warmup_demo(Demo, HybridEncoderTrainer_warmup):
+    pass
+
+
+class HybridEncoderTrainer_headsfirst(HybridEncoderTrainer):
+    recipe = "headsfirst"
+
+
+class HybridEncoderTrainer_headsfirst_tiny(Tiny, HybridEncoderTrainer_headsfirst):
+    pass
+
+
+class HybridEncoderTrainer_headsfirst_demo(Demo, HybridEncoderTrainer_headsfirst):
+    pass
+
+
+class HybridEncoderTrainer_unfreeze(HybridEncoderTrainer):
+    recipe = "unfreeze"
+
+
+class HybridEncoderTrainer_unfreeze_tiny(Tiny, HybridEncoderTrainer_unfreeze):
+    pass
+
+
+class HybridEncoderTrainer_unfreeze_demo(Demo, HybridEncoderTrainer_unfreeze):
     pass
