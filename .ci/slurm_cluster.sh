@@ -3,7 +3,7 @@
 # munge packages, slurmctld + slurmd + munged started as daemons, no systemd, no cgroups (it runs in a
 # container). Needs root. Idempotent: a running cluster is left as it is.
 #   .ci/slurm_cluster.sh          install (if missing), configure and start; wait until the node is idle
-#   .ci/slurm_cluster.sh stop     stop the daemons it started
+#   .ci/slurm_cluster.sh stop     stop slurmd, slurmctld and munged
 # An existing /etc/slurm/slurm.conf that this script did not write is never replaced.
 set -euo pipefail
 
@@ -13,14 +13,17 @@ STATE=/var/spool/slurm-nnunet-covid
 
 die() { echo "slurm_cluster: $*" >&2; exit 1; }
 
-stop() {
+stop_slurm() {
     for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid"; do
         [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
-    [ -f /run/munge/munged.pid ] && kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
 }
 
-if [ "${1:-start}" = stop ]; then stop; exit 0; fi
+if [ "${1:-start}" = stop ]; then
+    stop_slurm
+    [ -f /run/munge/munged.pid ] && kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
+    exit 0
+fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts daemons)"
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
@@ -73,14 +76,14 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/builtin
 MpiDefault=none
 ReturnToService=2
+# no accounting storage (sacct cannot answer): finished jobs stay visible to squeue for 10 minutes
 MinJobAge=600
 NodeName=localhost NodeAddr=127.0.0.1 $node State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 mv "$CONF.tmp" "$CONF"
 
-stop_daemon() { [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null || true; }
-stop_daemon "$STATE/slurmctld.pid"; stop_daemon "$STATE/slurmd.pid"
+stop_slurm
 sleep 1
 slurmctld -c        # a clean state: no jobs left from an earlier cluster
 slurmd -N localhost
