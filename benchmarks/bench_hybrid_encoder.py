@@ -5,8 +5,7 @@ Target (issue 4): hybrid step time <= 1.3x and peak memory <= 1.3x the baseline'
 A synthetic chest-CT dataset (``--cases`` volumes of ``--shape``) is planned and preprocessed once
 with the stock nnU-Net CLI (``3d_fullres``; or pass ``--dataset`` to use an existing preprocessed
 one). Each measurement runs in its own process, baseline and hybrid alternating (``--rounds``):
-the trainer is built and initialised as nnU-Net does (the hybrid converted from the plain network
-as after loading pre-trained weights; weight values do not affect cost), then ``trainer.train_step``
+the trainer is built and initialised as nnU-Net does (weight values do not affect cost), then ``trainer.train_step``
 (forward, Dice+CE with deep supervision, backward, gradient clipping, SGD step) runs on a random
 batch of the plans' batch and patch size: ``--warmup`` untimed steps, then ``--steps`` timed ones.
 
@@ -65,47 +64,69 @@ def saved_activation_bytes(trainer, batch: dict) -> int:
 
 
 def measure_trainer(trainer_name: str, preprocessed_dataset: Path, configuration: str = "3d_fullres",
-                    plans: str = "nnUNetPlans", warmup: int = 1, steps: int = 4) -> dict:
-    """Step times (s), peak extra RSS (bytes) and saved-activation bytes of ``trainer_name``'s ``train_step`` on CPU.
+                    plans: str = "nnUNetPlans", warmup: int = 1, steps: int = 4, device: str = "cpu") -> dict:
+    """Step times (s) and peak extra memory (bytes) of ``trainer_name``'s ``train_step``; run it in a fresh process.
 
-    Run it in a fresh process per trainer (the RSS high-water mark is per process). The hybrid
-    trainer's plain placeholder network is converted as after loading pre-trained weights.
+    On the CPU: one torch thread, memory = extra ``ru_maxrss`` during the steps (the high-water mark is
+    per process), plus the saved-activation bytes. On CUDA the trainer runs as nnU-Net runs it there:
+    torch.compile (unless ``nnUNet_compile`` says otherwise) and fp16 autocast with a GradScaler; times
+    are synchronised, memory = peak ``torch.cuda.max_memory_allocated`` minus the memory held before the
+    first step (weights, optimizer state).
     """
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     import nnunet_covid.training as ours
 
-    torch.set_num_threads(1)
+    cuda = device.startswith("cuda")
+    if not cuda:
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     cls = nnUNetTrainer if trainer_name == BASELINE else getattr(ours, trainer_name)
     plans_dict = {**json.loads((preprocessed_dataset / f"{plans}.json").read_text()), "continue_training": False}
     dataset_json = json.loads((preprocessed_dataset / "dataset.json").read_text())
-    trainer = cls(plans_dict, configuration, 0, dataset_json, torch.device("cpu"))
+    trainer = cls(plans_dict, configuration, 0, dataset_json, torch.device(device))
     trainer.initialize()
-    if hasattr(trainer, "convert_to_hybrid"):
-        trainer.convert_to_hybrid()
     trainer.network.train()
     patch = trainer.configuration_manager.patch_size
-    data = torch.randn(trainer.batch_size, trainer.num_input_channels, *patch)
+    data = torch.randn(trainer.batch_size, trainer.num_input_channels, *patch, device=trainer.device)
     with torch.no_grad():
         outputs = trainer.network(data)
-    target = [torch.randint(0, trainer.label_manager.num_segmentation_heads, (trainer.batch_size, 1, *o.shape[2:])
-                            ).float() for o in outputs]
-    batch = {"data": data, "target": target}
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    target = [torch.randint(0, trainer.label_manager.num_segmentation_heads, (trainer.batch_size, 1, *o.shape[2:]),
+                            device=trainer.device).float() for o in outputs]
+    cases = sorted(dataset_json.get("case_sources", {})) or ["case"]  # the partial-label loss masks labels per case
+    keys = [cases[i % len(cases)] for i in range(trainer.batch_size)]
+    if hasattr(trainer, "annotated_mask"):  # a case's target holds only the labels its source annotates
+        annotated = trainer.annotated_mask(keys).to(trainer.device)
+        target = [torch.where(annotated.gather(1, t.long().flatten(1)).view_as(t), t, 0) for t in target]
+    batch = {"data": data, "target": target if len(target) > 1 else target[0], "keys": keys}
     del outputs
-    activation_bytes = saved_activation_bytes(trainer, batch)
+    compiled = trainer._do_i_compile()  # what nnU-Net decided in initialize()
+    activation_bytes = None if compiled else saved_activation_bytes(trainer, batch)
+    if cuda:
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     rss_before = current_rss_bytes()
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
         trainer.train_step(batch)
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"trainer": trainer_name, "step_times": times, "peak_extra_bytes": peak - rss_before, "peak_bytes": peak,
-            "activation_bytes": activation_bytes, "patch_size": list(patch), "batch_size": trainer.batch_size,
-            "features_per_stage": trainer.configuration_manager.network_arch_init_kwargs["features_per_stage"],
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+        peak_extra = peak - held
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak_extra = peak - rss_before
+    return {"trainer": trainer_name, "device": device, "compiled": compiled, "amp": cuda, "step_times": times,
+            "peak_extra_bytes": peak_extra, "peak_bytes": peak, "activation_bytes": activation_bytes,
+            "patch_size": list(patch), "batch_size": trainer.batch_size,
+            "features_per_stage": trainer.configuration_manager.network_arch_init_kwargs.get("features_per_stage"),
             "trainable_parameters": sum(p.numel() for p in trainer.network.parameters() if p.requires_grad),
             "parameters": sum(p.numel() for p in trainer.network.parameters())}
 
@@ -162,7 +183,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     return {name: {"step": statistics.median(t for r in results for t in r["step_times"]),
                    "peak": statistics.median(r["peak_extra_bytes"] for r in results),
                    "total": statistics.median(r["peak_bytes"] for r in results),
-                   "act": results[0]["activation_bytes"], "params": results[0]["parameters"],
+                   "act": results[0]["activation_bytes"] or 0, "params": results[0]["parameters"],
                    "trainable": results[0]["trainable_parameters"]}
             for name, results in runs.items()}
 

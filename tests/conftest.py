@@ -99,8 +99,8 @@ def pretrained_setup(tmp_path_factory) -> PretrainedSetup:
     assert "case_sources" in json.loads((pretrain / "dataset.json").read_text())
 
     # plan both (fingerprints, dataset.json copies), give the pre-train dataset the target's plans, preprocess both
-    run("nnUNetv2_plan_and_preprocess", "-d", 902, 901, "-c", CONFIGURATION, "-np", 1, "--verify_dataset_integrity",
-        "--no_pp", log="plan")
+    run("nnUNetv2_plan_and_preprocess", "-d", 902, 901, "-c", CONFIGURATION, "-np", 1, "-npfp", 1,
+        "--verify_dataset_integrity", "--no_pp", log="plan")
     run("nnUNetv2_move_plans_between_datasets", "-s", 902, "-t", 901, "-sp", PLANS, "-tp", PLANS, log="move_plans")
     run("nnUNetv2_preprocess", "-d", 902, 901, "-c", CONFIGURATION, "-plans_name", PLANS, "-np", 1, log="preprocess")
 
