@@ -122,9 +122,10 @@ def training_steps(datasets: dict[str, Path], args, env: dict, rows: list) -> li
     jobs = [(t, d) for t, d in jobs if not args.trainers or t in args.trainers]
     # torch.compile of a 3D U-Net takes a minute or two per graph: compile every trainer at once (one untimed
     # step each, ``--parallel`` processes), so that the timed runs below find the graphs in inductor's cache
-    log(f"compiling {len(jobs)} trainers, {args.parallel} at a time (one untimed step each)")
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(lambda job: measure_in_fresh_process(job[0], job[1], args.device, 1, 0, env), jobs))
+    if args.device.startswith("cuda") and env.get("nnUNet_compile", "true").lower() in ("true", "1", "t"):
+        log(f"compiling {len(jobs)} trainers, {args.parallel} at a time (one untimed step each)")
+        with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(lambda job: measure_in_fresh_process(job[0], job[1], args.device, 1, 0, env), jobs))
     for trainer, dataset in jobs:
         log(f"training steps: {trainer}")
         rows.append(measure_in_fresh_process(trainer, dataset, args.device, args.warmup, args.steps, env))

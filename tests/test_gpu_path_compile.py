@@ -78,7 +78,8 @@ def test_compiled_training_continue_validation_and_stock_prediction(pretrained_s
     else:
         dataset_name = s.pretrain_dataset if dataset == "pretrain" else s.target_dataset
         inputs, case, configuration, ending = s.root / "predict_input", "TinyCovid_000", s.configuration, ".nii.gz"
-    base = ["nnUNetv2_train", dataset_name, configuration, 0, "-tr", trainer, "-p", s.plans, "-device", "cpu"]
+    fold = "all" if dataset == "pretrain" else 0  # pre-training trains on fold all (4 cases: no 5-fold split)
+    base = ["nnUNetv2_train", dataset_name, configuration, fold, "-tr", trainer, "-p", s.plans, "-device", "cpu"]
     extra = []
     env = compiled_env()
     if pretrained == "flag":
@@ -86,14 +87,14 @@ def test_compiled_training_continue_validation_and_stock_prediction(pretrained_s
     elif pretrained == "convention":
         env["nnUNet_covid_pretrained"] = str(compiled_checkpoint(s))
     s.run(*base, *extra, log=f"{trainer}_train", extra_env=env)
-    fold = Path(s.env["nnUNet_results"]) / dataset_name / f"{trainer}__{s.plans}__{configuration}" / "fold_0"
-    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    results = Path(s.env["nnUNet_results"]) / dataset_name / f"{trainer}__{s.plans}__{configuration}" / f"fold_{fold}"
+    log = "".join(p.read_text() for p in results.glob("training_log_*.txt"))
     assert "Using torch.compile" in log
-    final = fold / "checkpoint_final.pth"
+    final = results / "checkpoint_final.pth"
     weights = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in weights)  # nnU-Net saves the unwrapped network
     if pretrained:
-        record = json.loads((fold / "pretrained_source.json").read_text())
+        record = json.loads((results / "pretrained_source.json").read_text())
         assert record["load_report"]["loaded"]
         if pretrained == "convention":  # the compiled-style checkpoint loaded like the plain one, head included
             plain = torch.load(s.checkpoint, map_location="cpu", weights_only=False)["network_weights"]
@@ -104,11 +105,11 @@ def test_compiled_training_continue_validation_and_stock_prediction(pretrained_s
     restored = torch.load(final, map_location="cpu", weights_only=False)["network_weights"]
     assert restored.keys() == weights.keys() and all(torch.equal(restored[k], weights[k]) for k in weights)
     s.run(*base, "--val", log=f"{trainer}_val", extra_env=env)
-    assert (fold / "validation" / "summary.json").is_file()
+    assert (results / "validation" / "summary.json").is_file()
 
     out = tmp_path / "predicted"
     s.run("nnUNetv2_predict", "-i", inputs, "-o", out, "-d", dataset_name, "-c", configuration, "-p", s.plans,
-          "-tr", trainer, "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta",
+          "-tr", trainer, "-f", fold, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta",
           log=f"{trainer}_predict", extra_env={**env, "nnUNet_compile": "true"})
     predicted = out / f"{case}{ending}"
     assert predicted.is_file()

@@ -89,7 +89,8 @@ def test_trainer_loads_imagenet_weights_and_builds_paper_optimiser(nnunet_dirs, 
     finally:
         nnunet_dirs["mp"].delenv(IMAGENET_WEIGHTS_ENV)
     log = Path(trainer.log_file).read_text()
-    assert f"ImageNet weights from {weights}: loaded 318 encoder tensors (conv1 adapted from RGB)" in log
+    assert f"weights from ImageNet ResNet50 file {weights}: 318 tensors loaded (1 of them adapted)" in log
+    assert "adapted conv1.weight: RGB kernels adapted to 1 input channel(s)" in log
     torch.testing.assert_close(trainer.network.encoder.layer4[2].conv3.weight.detach(),
                                torch.load(weights)["layer4.2.conv3.weight"])
     assert isinstance(trainer.optimizer, torch.optim.Adam)
