@@ -19,7 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="label values to score, each as a binary mask (default: dataset.json's labels, else 1)")
     parser.add_argument("--tolerance-mm", type=number(float, 0, above=True), default=3.0, help="NSD tolerance tau in mm (default 3)")
     parser.add_argument("--per-patient-2d", action="store_true",
-                        help="stack 2D slices '<patient>_<index>' per patient before scoring (nCoVSegNet)")
+                        help="stack 2D slices '<patient>_<index>' per patient before scoring (nCoVSegNet); without "
+                             "it every 2D slice is a case, averaged over images (Inf-Net)")
+    parser.add_argument("--restrict-to-lungs", type=lung_restriction_source, default=None, metavar="auto|DIR",
+                        help="score the predictions after removing lesions outside the lungs: 'auto' finds the lungs "
+                             "in the images (--images; 2D windowed slices or 3D CT in HU), or a folder of lung masks "
+                             "<case><ending>")
+    parser.add_argument("--min-inside-lungs", type=number(float, 0, above=True), default=None, metavar="SHARE",
+                        help="with --restrict-to-lungs: a lesion component is kept when at least this share of its "
+                             "pixels lies in the lungs (default 0.5, at most 1)")
     missing = parser.add_mutually_exclusive_group()
     missing.add_argument("--missing-as-empty", action="store_true",
                          help="score a ground-truth case without prediction as an empty prediction "
@@ -36,12 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="draw the N worst and N best cases by DSC (CT, lungs, ground-truth and predicted "
                                "contours) into overlays/ beside the results, with overlays/index.html")
     pictures.add_argument("--images", type=Path, default=None,
-                          help="CT images <case>_0000<ending> for --overlays (default: imagesTr/imagesTs beside --gt)")
+                          help="images <case>_0000<ending> for --overlays and --restrict-to-lungs auto (default: "
+                               "imagesTr/imagesTs beside --gt)")
     pictures.add_argument("--lungs", type=lung_source, default=None, help="lungs for --overlays: " + LUNGS_HELP)
+
+
+def lung_restriction_source(text: str) -> str | Path:
+    """``--restrict-to-lungs``: ``auto`` or a folder of lung masks."""
+    return text if text == "auto" else Path(text)
 
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_covid.evaluation.evaluate import evaluate_folders, output_paths
+    from nnunet_covid.evaluation.lung_restriction import MIN_INSIDE
 
     if args.output.suffix == ".json":
         output = args.output
@@ -56,13 +71,27 @@ def run(args: argparse.Namespace) -> int:
         from nnunetv2.configuration import default_num_processes
         num_processes = default_num_processes
     missing = "empty" if args.missing_as_empty else "skip" if args.predicted_only else "error"
+    if args.min_inside_lungs is not None and args.restrict_to_lungs is None:
+        raise UsageError("--min-inside-lungs needs --restrict-to-lungs")
+    images = None
+    if args.restrict_to_lungs == "auto":
+        from nnunet_covid.evaluation.burden_report import images_beside
+        images = images_beside(args.gt, args.images)
     results = evaluate_folders(args.gt, args.pred, args.labels, args.tolerance_mm, num_processes, output,
-                               args.per_patient_2d, progress=True, missing=missing)
+                               args.per_patient_2d, progress=True, missing=missing,
+                               restrict_to_lungs=args.restrict_to_lungs, images_dir=images,
+                               min_inside=MIN_INSIDE if args.min_inside_lungs is None else args.min_inside_lungs)
     coverage, summary = results["coverage"], results["summary"]
     notes = [f"{len(coverage['scored_as_empty'])} without prediction scored as empty"] if coverage["scored_as_empty"] \
         else [f"{len(coverage['left_out'])} without prediction left out"] if coverage["left_out"] else []
     print(f"scored {coverage['scored_cases']} of {coverage['ground_truth_cases']} ground-truth cases"
           + (f" ({notes[0]})" if notes else ""))
+    if "lung_restriction" in results:
+        restricted = results["lung_restriction"].values()
+        changed = sum(1 for r in restricted if r["removed_lesion_pixels"])
+        print(f"lung restriction: removed {sum(r['removed_lesion_pixels'] for r in restricted)} of "
+              f"{sum(r['predicted_lesion_pixels'] for r in restricted)} predicted lesion pixels "
+              f"(in {changed} of {len(restricted)} predictions)")
     print(f"{len(results['cases'])} case-label pairs; " + ", ".join(
         f"{name.upper()} {summary[name]['mean']:.4f} ± {summary[name]['std']:.4f}"
         for name in ("dsc", "nsd") if summary[name]["mean"] is not None))
