@@ -3,7 +3,13 @@
 Raw layout (REFERENCE 3): ``train/{Imgs/*.jpg, GT/*.png}`` with binary masks 0/255 and the
 multi-class variant ``train-multiclass/{Imgs/*.jpg, GT/*.png}`` with 0 background, 1 ground-glass
 opacity, 2 consolidation (``Prior/`` is Inf-Net's semi-supervised prior and is not used). An
-optional ``test`` / ``test-multiclass`` folder of the same form becomes imagesTs/labelsTs.
+optional ``test`` / ``test-multiclass`` folder of the same form, or any folder of that form given as
+``test_dir`` (``--test-dir``, e.g. Inf-Net's 48 test slices), becomes imagesTs/labelsTs with case ids
+``semiseg_test_<stem>`` (training slices: ``semiseg_<stem>``).
+
+The MedSeg slices are named by number only: they carry no patient ids, so dataset.json says
+``"patient_ids": false`` and ``nnunet-covid evaluate --per-patient-2d`` refuses them (score per image).
+Slices named ``<patient>_<index>`` (every image of the conversion) give ``"patient_ids": true``.
 
 Written as nnU-Net documents 2D natural images: grayscale PNG ``<case>_0000.png`` read by
 ``NaturalImage2DIO`` (file_ending ``.png``), label PNGs with values 0/1 (0/1/2 multi-class). The
@@ -13,6 +19,7 @@ normalisation) rather than "CT".
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from dataset_conversion.common import PNG, CaseData, CaseJob, crop_settings, finish_dataset, open_dataset, run_cases
@@ -26,12 +33,17 @@ BINARY_LABELS = {"background": 0, "infection": 1}
 MULTICLASS_LABELS = {"background": 0, "ground-glass opacity": 1, "consolidation": 2}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SETTINGS = ("multiclass",)
-LOCATIONS = ()
+LOCATIONS = ("test_dir",)
+PATIENT_SLICE_STEM = re.compile(r".+_\d+")
 
 
-def case_id_for(stem: str) -> str:
-    """``"7"`` -> ``"semiseg_007"`` (numeric stems zero-padded so the cases sort naturally)."""
-    return f"semiseg_{stem.zfill(3) if stem.isdigit() else stem}"
+CASE_PREFIX = {"Tr": "semiseg_", "Ts": "semiseg_test_"}  # test slices are often numbered like the training ones
+
+
+def case_id_for(stem: str, subset: str = "Tr") -> str:
+    """``"7"`` -> ``"semiseg_007"``, test slice ``"7"`` -> ``"semiseg_test_007"`` (numeric stems zero-padded so the
+    cases sort naturally)."""
+    return CASE_PREFIX[subset] + (stem.zfill(3) if stem.isdigit() else stem)
 
 
 def _read_gray(path: Path):
@@ -81,7 +93,7 @@ def slice_jobs(folder: Path, multiclass: bool, subset: str = "Tr") -> list[CaseJ
         raise ConversionError(f"{folder}: no Imgs/ folder (expected Imgs/*.jpg and GT/*.png)")
     jobs = []
     for image in sorted(p for p in imgs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")):
-        case_id, mask = case_id_for(image.stem), gts / f"{image.stem}.png"
+        case_id, mask = case_id_for(image.stem, subset), gts / f"{image.stem}.png"
         if mask.is_file() or subset == "Ts":
             masks = str(mask) if mask.is_file() else None
             jobs.append(CaseJob(case_id, load_slice, (str(image), masks, multiclass, case_id), subset=subset))
@@ -108,8 +120,10 @@ def find_layout_root(input_dir: Path, train_name: str) -> Path:
 def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str = DEFAULT_NAME,
                              output_root: str | Path | None = None, num_processes: int = 1,
                              crop_lung: bool = False, crop_margin_mm: float | None = None,
-                             multiclass: bool = False, progress: bool = True, overwrite: bool = False) -> Path:
-    """Convert ``input_dir`` (holding ``train/`` or ``train-multiclass/``) and return the dataset folder."""
+                             multiclass: bool = False, progress: bool = True, overwrite: bool = False,
+                             test_dir: str | Path | None = None) -> Path:
+    """Convert ``input_dir`` (holding ``train/`` or ``train-multiclass/``; and ``test_dir``, a folder with
+    ``Imgs/`` and ``GT/``, as the test set) and return the dataset folder."""
     if crop_lung:
         raise ConversionError("--crop-lung needs 3D CT volumes in HU; COVID-SemiSeg slices are windowed 2D images")
     suffix = "-multiclass" if multiclass else ""
@@ -117,8 +131,17 @@ def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str =
     train = input_dir / f"train{suffix}"
     jobs = slice_jobs(train, multiclass)
     test = input_dir / f"test{suffix}"
+    if test_dir is not None:
+        if not Path(test_dir).is_dir():
+            raise ConversionError(f"--test-dir {test_dir} " + ("is not a folder" if Path(test_dir).exists()
+                                                               else "does not exist"))
+        if test.is_dir():
+            raise ConversionError(f"{input_dir} has its own {test.name}/ folder; --test-dir {test_dir} would add a "
+                                  f"second test set: give one of them")
+        test = Path(test_dir)
     if test.is_dir():
         jobs += slice_jobs(test, multiclass, subset="Ts")
+    patient_ids = all(PATIENT_SLICE_STEM.fullmatch(job.case_id[len(CASE_PREFIX[job.subset]):]) for job in jobs)
     folder = open_dataset(dataset_id, name, output_root, CLI_NAME,
                           {**crop_settings(crop_lung, crop_margin_mm), "multiclass": bool(multiclass)}, overwrite)
     summary = run_cases(folder, jobs, num_processes, desc=f"{CLI_NAME} -> {folder.name}", file_ending=PNG,
@@ -127,12 +150,15 @@ def convert_covid_semiseg_2d(input_dir: str | Path, dataset_id: int, name: str =
                           file_ending=PNG, overwrite_image_reader_writer="NaturalImage2DIO",
                           description="COVID-SemiSeg (MedSeg) 2D CT slices, "
                                       + ("ground-glass / consolidation" if multiclass else "binary infection"),
-                          reference="Fan et al., Inf-Net, IEEE TMI 2020; MedSeg COVID-19 CT segmentation dataset")
+                          reference="Fan et al., Inf-Net, IEEE TMI 2020; MedSeg COVID-19 CT segmentation dataset",
+                          patient_ids=patient_ids)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiclass", action="store_true",
                         help="convert train-multiclass/ (1 ground-glass, 2 consolidation) instead of the binary train/")
+    parser.add_argument("--test-dir", type=Path, default=None, metavar="DIR",
+                        help="a test set of the same layout (DIR/Imgs/*.jpg, DIR/GT/*.png) -> imagesTs/labelsTs")
 
 
 CONVERT = convert_covid_semiseg_2d

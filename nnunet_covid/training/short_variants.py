@@ -63,3 +63,12 @@ class Demo(ShortSchedule):
     schedule = (13, 12, 2)
     skip_final_validation = True
     validation_mirroring = False
+
+
+class Bench2D(ShortSchedule):
+    """The 2D slice benchmark's CPU budget (``benchmarks/bench_semiseg_2d.py``): 10 epochs of 10 training
+    iterations and 1 validation iteration; the fold's final validation runs right after training
+    (no second process), without test-time mirroring."""
+
+    schedule = (10, 10, 1)
+    validation_mirroring = False

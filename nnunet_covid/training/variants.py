@@ -5,6 +5,10 @@ Schedules: ``_5epochs``: a quick end-to-end check on a GPU; ``_tiny``: 1 epoch o
 ``_tiny`` and ``_demo`` variants skip the final validation after training and predict it without
 test-time mirroring; see :mod:`~nnunet_covid.training.short_variants`.
 
+CPU-sized networks for the 2D slice benchmark (``_bench2d``: :class:`~nnunet_covid.training.short_variants.Bench2D`):
+``nnUNetTrainerNarrow_bench2d`` and ``BodyFineTuneTrainerNarrow_bench2d`` (nnU-Net's planned U-Net at a quarter
+of its width, :mod:`~nnunet_covid.training.narrow_unet`), ``NCoVSegNetTrainerSmall_bench2d``.
+
 Fine-tuning recipes (``recipe``: an entry of the strategy config's ``"recipes"``, see
 :mod:`~nnunet_covid.training.finetune_schedule`): ``_warmup`` (linear warm-up, then the strategy's decay;
 nnU-Net's ``nnUNetTrainer_warmup``), ``_warmup_lr1e3`` (nnssl's: lr 1e-3), ``_headsfirst`` (MultiTalent:
@@ -15,8 +19,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_covid.training.hybrid_encoder_trainer import HybridEncoderTrainer
 from nnunet_covid.training.multilesion_trainers import MultiLesionPartialLabelTrainer, MultiLesionPretrainTrainer
+from nnunet_covid.training.narrow_unet import NarrowUNet
 from nnunet_covid.training.ncovsegnet_trainer import NCoVSegNetTrainer, NCoVSegNetTrainerSmall
-from nnunet_covid.training.short_variants import Demo, FiveEpochs, Tiny
+from nnunet_covid.training.short_variants import Bench2D, Demo, FiveEpochs, Tiny
 from nnunet_covid.training.transfer_trainers import BodyFineTuneTrainer, ContinualLearningTrainer, FrozenEncoderTrainer
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "FrozenEncoderTrainer_unfreeze_demo", "HybridEncoderTrainer_warmup_tiny", "HybridEncoderTrainer_warmup_demo",
     "HybridEncoderTrainer_headsfirst_tiny", "HybridEncoderTrainer_headsfirst_demo",
     "HybridEncoderTrainer_unfreeze_tiny", "HybridEncoderTrainer_unfreeze_demo",
+    "nnUNetTrainerNarrow_bench2d", "BodyFineTuneTrainerNarrow_bench2d", "NCoVSegNetTrainerSmall_bench2d",
 ]
 
 
@@ -237,4 +243,18 @@ class HybridEncoderTrainer_unfreeze_tiny(Tiny, HybridEncoderTrainer_unfreeze):
 
 
 class HybridEncoderTrainer_unfreeze_demo(Demo, HybridEncoderTrainer_unfreeze):
+    pass
+
+# --- CPU-sized networks of the 2D slice benchmark
+
+
+class nnUNetTrainerNarrow_bench2d(Bench2D, NarrowUNet, nnUNetTrainer):
+    pass
+
+
+class BodyFineTuneTrainerNarrow_bench2d(Bench2D, NarrowUNet, BodyFineTuneTrainer):
+    pass
+
+
+class NCoVSegNetTrainerSmall_bench2d(Bench2D, NCoVSegNetTrainerSmall):
     pass
