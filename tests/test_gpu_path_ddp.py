@@ -7,8 +7,13 @@ reduction, the hybrid's no-grad adapted encoder, the marginal loss's all-gathere
 pre-trained weights loaded into the unwrapped module on every rank, source-balanced sampling per rank.
 
 Equivalence: one ``train_step`` of each rank on its half of a global batch of 2 must give the weights of
-one single-process ``train_step`` on the whole batch: max absolute difference <= 1e-5 (float32 sums in
-another order; the weights are of order 1e-1).
+one single-process ``train_step`` on the whole batch: max absolute difference <= 1e-5. The bound holds on
+any CPU: everything runs in float32 and DDP only sums the same per-sample gradients in another order
+(all-reduce of two halves instead of one batch sum), which moves a gradient entry by a few float32
+roundings (2**-24 each) of the magnitudes summed, about 1e-7 of them. The first SGD step of these trainers
+(nnU-Net's SGD, momentum buffer starting at the gradient, lr <= 1e-2) changes a weight by lr times its
+gradient, so the weights differ by about lr * 1e-7 * |gradient|, orders of magnitude below the bound; a DDP mistake (an unreduced, or
+twice-reduced, gradient; a frozen weight updated) moves weights by lr times a whole gradient, 1e-4 to 1e-2.
 """
 from __future__ import annotations
 
