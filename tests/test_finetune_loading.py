@@ -254,6 +254,8 @@ def test_checkpoint_saved_under_ddp_and_torch_compile(dirs, monkeypatch, tmp_pat
     _trains(stock)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_stock_flag_with_a_ddp_checkpoint_of_other_plans_then_heads_first_training(pretrained_setup, tmp_path,
                                                                                    monkeypatch):
     """``nnUNetv2_train -pretrained_weights`` + ``BodyFineTuneTrainer_headsfirst_tiny``: a partial load of another

@@ -18,6 +18,8 @@ import torch
 
 from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 torch.set_num_threads(1)
 
 COMPILED_TRAINERS = Path(__file__).resolve().parent / "compiled_trainers"

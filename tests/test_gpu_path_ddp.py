@@ -29,6 +29,8 @@ import torch.multiprocessing as mp
 
 from nnunet_covid.training.network_wrapping import unwrap_network
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 torch.set_num_threads(1)
 
 TOLERANCE = 1e-5

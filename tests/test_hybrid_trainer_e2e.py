@@ -11,6 +11,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 torch.set_num_threads(1)
 
 TRAINER = "HybridEncoderTrainer_tiny"

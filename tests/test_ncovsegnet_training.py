@@ -139,6 +139,8 @@ def foreground_dice(network, slices) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_overfit_real_slices_then_predict_with_stock_nnunet(nnunet_dirs, tmp_path):
     torch.manual_seed(0)
     trainer = make_trainer(nnunet_dirs, NCoVSegNetTrainerSmall)

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.slow, pytest.mark.e2e]
 
 
 def _checkpoint(path):
