@@ -163,17 +163,17 @@ def module_outputs_and_grads(module: torch.nn.Module, inputs: list[torch.Tensor]
     return out.detach(), grads, [x.grad for x in inputs]
 
 
-def _layer_linear_in_parameters(layer: nn.Module, x: torch.Tensor, absolute: bool) -> torch.Tensor:
-    """The layer's output as a function that is linear in its parameters; with ``absolute`` every factor
-    that multiplies a parameter is replaced by its magnitude (|x| for convs and linears, |x_hat| for norms)."""
+def _absolute_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's output, linear in its parameters, with every factor that multiplies a parameter replaced by
+    its magnitude (|x| for convs and linears, |x_hat| for norms)."""
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):  # training mode: batch statistics
         x_hat = F.batch_norm(x, None, None, training=True, eps=layer.eps)
         view = (1, -1) + (1,) * (x.ndim - 2)
-        return (x_hat.abs() if absolute else x_hat) * layer.weight.view(view) + layer.bias.view(view)
+        return x_hat.abs() * layer.weight.view(view) + layer.bias.view(view)
     if isinstance(layer, nn.LayerNorm):
         x_hat = F.layer_norm(x, layer.normalized_shape, eps=layer.eps)
-        return (x_hat.abs() if absolute else x_hat) * layer.weight + layer.bias
-    return layer(x.abs() if absolute else x)
+        return x_hat.abs() * layer.weight + layer.bias
+    return layer(x.abs())
 
 
 def absolute_contributions(module: nn.Module, inputs: list[torch.Tensor]):
@@ -201,7 +201,7 @@ def absolute_contributions(module: nn.Module, inputs: list[torch.Tensor]):
         layer = module.get_submodule(name)
         params = dict(layer.named_parameters(recurse=False))
         x_detached = x.detach().requires_grad_(True)
-        grads = torch.autograd.grad(_layer_linear_in_parameters(layer, x.detach(), True),
+        grads = torch.autograd.grad(_absolute_layer(layer, x.detach()),
                                     list(params.values()), delta.abs())
         parameter_bounds.update({f"{name}.{p}": g for p, g in zip(params, grads)})
         for k, xk in enumerate(xs):
