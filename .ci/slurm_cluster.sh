@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node SLURM cluster on localhost for the test suite (tests/test_slurm.py): Debian's slurm-wlm and
+# A single-node SLURM cluster on localhost for the test suite (tests/pipeline/test_slurm.py): Debian's slurm-wlm and
 # munge packages, slurmctld + slurmd + munged started as daemons, no systemd, no cgroups (it runs in a
 # container). Needs root. Idempotent: a running cluster is left as it is.
 #   .ci/slurm_cluster.sh          install (if missing), configure and start; wait until the node is idle

@@ -3,12 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 def test_import_linter_contracts_are_kept():
     lint = Path(sys.executable).parent / "lint-imports"
-    result = subprocess.run([str(lint) if lint.is_file() else "lint-imports", "--no-cache"], cwd=ROOT,
+    result = subprocess.run([str(lint) if lint.is_file() else "lint-imports", "--no-cache"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Contracts: 2 kept, 0 broken." in result.stdout

@@ -18,10 +18,11 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
 from nnunet_covid.training import (NCoVSegNetTrainer, NCoVSegNetTrainerSmall, NCoVSegNetTrainerFinetune)
 from nnunet_covid.training.imagenet_weights import IMAGENET_WEIGHTS_ENV
+from helpers import SHARED_DATA
 
 torch.set_num_threads(1)
 
-SEMISEG = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg-2d"
+SEMISEG = SHARED_DATA / "covid-semiseg-2d"
 DATASET_ID = 951
 DATASET_NAME = "NCoVSemiSegTest"
 OVERFIT_EPOCHS = 18

@@ -13,7 +13,7 @@ from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
 from nnunet_covid.pipeline.demo_data import write_nsclc_effusion_layout
 from nnunet_covid.cli import main
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
 
 
 @pytest.fixture(autouse=True)

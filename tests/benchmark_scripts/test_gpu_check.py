@@ -3,18 +3,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_quick_runs_every_phase_on_the_cpu(tmp_path):
     env_extra = {"OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false"}
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--device", "cpu",
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--device", "cpu",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=1200,
                             env={**os.environ, **env_extra})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

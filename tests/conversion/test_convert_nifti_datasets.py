@@ -11,13 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_covid.pipeline import demo_data as layouts
-from raw_layouts import write_mosmed_layout
+from helpers.raw_layouts import write_mosmed_layout
 from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.covid19_ct_seg import BENCHMARK_FOLDS, convert_covid19_ct_seg
 from dataset_conversion.mosmed import convert_mosmed, held_out_case_ids
 from dataset_conversion.structseg import convert_structseg_lung_gtv
 from nnunet_covid.cli import main
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from nnunet_covid.training.finetune_schedule import FineTuneLRScheduler, FineTun
 from nnunet_covid.training.staged_parameters import rewrap_ddp
 from nnunet_covid.training.trainer_config import load_trainer_config, trainer_configs_dir
 from nnunet_covid.training.transfer_trainer import PretrainedTransferTrainer
-from tiny_trainers import make_trainer, prepare_dirs, random_batch, tiny_plans, write_trained_checkpoint
+from helpers.tiny_trainers import make_trainer, prepare_dirs, random_batch, tiny_plans, write_trained_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 torch.set_num_threads(1)

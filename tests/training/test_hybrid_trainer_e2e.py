@@ -1,6 +1,6 @@
 """HybridEncoderTrainer through the stock nnU-Net CLI: -pretrained_weights, convention, --c, --val, nnUNetv2_predict.
 
-Uses the shared ``pretrained_setup`` fixture (tests/conftest.py): a tiny plain U-Net pre-trained on
+Uses the shared ``pretrained_setup`` fixture (tests/helpers/pretrained_setup.py): a tiny plain U-Net pre-trained on
 Dataset901 and the target Dataset902 with the same plans (2 vs 3 output classes).
 """
 import json

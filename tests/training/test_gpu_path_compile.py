@@ -1,6 +1,6 @@
 """torch.compile as nnU-Net uses it on a GPU, forced on for every trainer: train, --c, --val, stock predict.
 
-The ``_tinycompiled`` variants (tests/compiled_trainers) return True from ``_do_i_compile``; see their
+The ``_tinycompiled`` variants (tests/helpers/compiled_trainers) return True from ``_do_i_compile``; see their
 module for the compile backend. Targets and the pre-trained checkpoint come from the shared
 ``pretrained_setup`` fixture (3d_fullres, 16 x 32 x 32); nCoVSegNet runs on a tiny synthetic 2D slice set.
 """
@@ -17,12 +17,12 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_covid.core.nnunet_conventions import ext_trainer_dir
+from helpers import COMPILED_TRAINERS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 torch.set_num_threads(1)
 
-COMPILED_TRAINERS = Path(__file__).resolve().parent / "compiled_trainers"
 SLICES_ID = 903
 
 

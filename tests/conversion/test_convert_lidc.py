@@ -18,12 +18,13 @@ from scipy import ndimage
 from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.dicom_series import read_dicom_series
 from dataset_conversion.lidc_idri import convert_lidc_idri
-from raw_layouts import write_lidc_case, write_lidc_layout, write_lidc_xml
+from helpers.raw_layouts import write_lidc_case, write_lidc_layout, write_lidc_xml
 from nnunet_covid.cli import main
 from nnunet_covid.pipeline.synthetic_ct import make_case
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
+from helpers import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri"
+REAL = SHARED_DATA / "lidc-idri"
 SHAPE, SPACING = (12, 64, 64), (2.5, 0.9, 0.9)
 
 

@@ -15,9 +15,9 @@ from nnunet_covid.cli import main
 from nnunet_covid.core.errors import ConversionError
 from nnunet_covid.evaluation.metrics import METRIC_NAMES
 from nnunet_covid.pipeline.demo_data import write_covid_semiseg_2d_layout
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-GRIDS = [ROOT / "trainer_configs" / "semiseg_2d_benchmark.json", ROOT / "trainer_configs" / "semiseg_2d_benchmark_cpu.json"]
+GRIDS = [REPO_ROOT / "trainer_configs" / "semiseg_2d_benchmark.json", REPO_ROOT / "trainer_configs" / "semiseg_2d_benchmark_cpu.json"]
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_narrow_unet_is_the_planned_unet_at_a_quarter_width():
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_semiseg_2d", ROOT / "benchmarks" / "bench_semiseg_2d.py")
+    spec = importlib.util.spec_from_file_location("bench_semiseg_2d", REPO_ROOT / "benchmarks" / "bench_semiseg_2d.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

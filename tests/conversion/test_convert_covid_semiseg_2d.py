@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +10,10 @@ from PIL import Image
 from dataset_conversion.covid_semiseg_2d import convert_covid_semiseg_2d
 from nnunet_covid.pipeline.demo_data import write_covid_semiseg_2d_layout
 from nnunet_covid.cli import main
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
+from helpers import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg-2d"
+REAL = SHARED_DATA / "covid-semiseg-2d"
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from dataset_conversion.multilesion import convert_multilesion, load_sources
 from dataset_conversion.nsclc_effusion import convert_nsclc_effusion
 from dataset_conversion.structseg import convert_structseg_lung_gtv
 from nnunet_covid.cli import main
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
 
 SOURCES = ("Dataset102_MSDLung", "Dataset103_StructSegGTV", "Dataset104_NSCLCEffusion")
 

@@ -1,6 +1,6 @@
 """Transfer trainers in-process: weight loading (stock flag vs convention), freezing, schedules, source sampling.
 
-Trainers are built from a small hand-written 3d_fullres plan (tests/tiny_trainers.py: PlainConvUNet
+Trainers are built from a small hand-written 3d_fullres plan (tests/helpers/tiny_trainers.py: PlainConvUNet
 [8, 16, 32, 64], patch 16 x 32 x 32) and stepped on random batches; the "pre-trained" checkpoint is an
 nnU-Net-format checkpoint of a 3-class network of the same plan.
 """
@@ -23,7 +23,7 @@ from nnunet_covid.training.multilesion_trainers import (MultiLesionPartialLabelT
 from nnunet_covid.training.trainer_config import load_trainer_config
 from nnunet_covid.training.transfer_trainers import (BodyFineTuneTrainer, ContinualLearningTrainer,
                                                      FrozenEncoderTrainer)
-from tiny_trainers import make_trainer, prepare_dirs, random_batch, tiny_plans
+from helpers.tiny_trainers import make_trainer, prepare_dirs, random_batch, tiny_plans
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 torch.set_num_threads(1)

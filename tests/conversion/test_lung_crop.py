@@ -9,10 +9,10 @@ import SimpleITK as sitk
 
 from nnunet_covid.core.errors import ConversionError
 from dataset_conversion.lung_crop import bounding_box, crop_to_lungs, lung_mask, uncrop
-from raw_layouts import write_lidc_layout
+from helpers.raw_layouts import write_lidc_layout
 from nnunet_covid.cli import main
 from nnunet_covid.pipeline.synthetic_ct import default_spacing, make_case
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
 
 SHAPE = (24, 64, 64)
 

@@ -31,7 +31,7 @@ from dataset_conversion.structseg import convert_structseg_lung_gtv
 from nnunet_covid.cli import main
 from nnunet_covid.evaluation.metrics import METRIC_NAMES
 from nnunet_covid.pipeline import demo_data
-from raw_layouts import write_lidc_layout, write_mosmed_layout
+from helpers.raw_layouts import write_lidc_layout, write_mosmed_layout
 
 LIDC_SHAPE, LIDC_SPACING = (12, 64, 64), (2.5, 0.9, 0.9)
 SMALL = (16, 32, 32)

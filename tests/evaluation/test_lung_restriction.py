@@ -14,8 +14,9 @@ from scipy import ndimage
 from nnunet_covid.cli import main
 from nnunet_covid.evaluation.lung_restriction import lung_mask_of, restrict_to_lungs, slice_lung_mask
 from nnunet_covid.pipeline.synthetic_ct import make_case, window_to_uint8
+from helpers import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg-2d" / "train"
+REAL = SHARED_DATA / "covid-semiseg-2d" / "train"
 SLICE_SPACING = (300 / 16, 340 / 128, 340 / 128)
 
 

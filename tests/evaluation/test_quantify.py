@@ -17,8 +17,9 @@ from nnunet_covid.evaluation.lungs import auto_lung_mask, lps_axes, split_left_r
 from nnunet_covid.evaluation.quantify import quantify_folders
 from nnunet_covid.pipeline.demo_data import write_nifti
 from nnunet_covid.pipeline.synthetic_ct import make_case
+from helpers import SHARED_DATA
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "lidc-idri"
+REAL = SHARED_DATA / "lidc-idri"
 SHAPE = (24, 64, 64)
 LUNG_AND_INFECTION = {"background": 0, "left_lung": 1, "right_lung": 2, "infection": 3}
 

@@ -1,6 +1,6 @@
 """End to end with the stock nnU-Net CLI on tiny synthetic data: pre-train -> transfer strategy -> predict.
 
-Uses the session fixture ``pretrained_setup`` (tests/conftest.py): plans shared between the
+Uses the session fixture ``pretrained_setup`` (tests/helpers/pretrained_setup.py): plans shared between the
 multi-lesion pre-train dataset (3 classes) and the COVID target (2 classes), and a pre-trained
 ``MultiLesionPretrainTrainer_tiny`` checkpoint. Each strategy gets its pre-trained weights in a
 different documented way (environment variable, trainer config entry, stock ``-pretrained_weights``).

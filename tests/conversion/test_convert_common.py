@@ -17,7 +17,7 @@ from dataset_conversion.common import (CaseData, CaseJob, case_done, finish_data
                                        write_case)
 from nnunet_covid.core.errors import ConversionError
 from nnunet_covid.cli import main
-from nnunet_integrity import verify_with_nnunet
+from helpers.nnunet_integrity import verify_with_nnunet
 
 
 def _image(shape=(4, 6, 8), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), value=1, dtype=np.int16):

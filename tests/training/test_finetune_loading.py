@@ -1,10 +1,10 @@
 """Fine-tuning from checkpoints that do not match the target network, each written by nnU-Net training.
 
 Source checkpoints come from nnU-Net's own ``nnUNetTrainer``: two SGD steps on tiny hand-written plans,
-saved by its ``save_checkpoint`` (tests/tiny_trainers.py): plans of another dataset, a 2-channel dataset,
+saved by its ``save_checkpoint`` (tests/helpers/tiny_trainers.py): plans of another dataset, a 2-channel dataset,
 residual-encoder (ResEnc) plans. Every test asserts the load report (``pretrained_source.json`` and the
 training log) and that training then runs (optimizer steps in-process); the last one runs the stock
-``nnUNetv2_train -pretrained_weights`` on the tiny pre-train/fine-tune setup of tests/conftest.py.
+``nnUNetv2_train -pretrained_weights`` on the tiny pre-train/fine-tune setup of tests/helpers/pretrained_setup.py.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from nnunet_covid.core.errors import CheckpointError
 from nnunet_covid.training import BodyFineTuneTrainer, FrozenEncoderTrainer, HybridEncoderTrainer
 from nnunet_covid.training.checkpoints import tensor_aliases
 from nnunet_covid.training.trainer_config import trainer_configs_dir
-from tiny_trainers import (make_trainer, plain_arch, prepare_dirs, random_batch, resenc_arch, tiny_plans,
+from helpers.tiny_trainers import (make_trainer, plain_arch, prepare_dirs, random_batch, resenc_arch, tiny_plans,
                            write_trained_checkpoint)
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
