@@ -7,8 +7,7 @@ Every test starts from seeded random number generators (Python, NumPy, torch; th
 the test's id, so a failure reproduces alone, in any order and on any xdist worker; training
 subprocesses seed themselves). Under pytest-xdist (``-n 2 --dist loadgroup``) the tests that share a
 module- or session-scoped fixture of ours are sent to one worker, so no expensive fixture (a planned
-dataset, a trained checkpoint, the SLURM cluster) is computed twice; ``pretrained_setup`` is instead built
-once per run behind a file lock and used by both workers, so its many slow tests spread over both.
+dataset, a trained checkpoint, the SLURM cluster) is computed twice.
 """
 from __future__ import annotations
 
@@ -19,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from filelock import FileLock
 
 from helpers.pretrained_setup import PretrainedSetup, build_pretrained_setup
 
 TESTS = Path(__file__).resolve().parent
-WORKER_SHARED = {"pretrained_setup"}  # built once per run and shared by every xdist worker
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +40,7 @@ def _shared_fixtures(item: pytest.Item) -> list[str]:
     for name in item.fixturenames:
         for definition in getattr(item, "_fixtureinfo").name2fixturedefs.get(name, ()):
             source = Path(getattr(definition.func, "__code__").co_filename).resolve()
-            if name in WORKER_SHARED or definition.scope not in ("module", "session"):
-                continue
-            if TESTS in source.parents:
+            if definition.scope in ("module", "session") and TESTS in source.parents:
                 keys.append(name if definition.scope == "session" else f"{item.module.__name__}::{name}")
     return keys
 
@@ -70,19 +65,5 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def pretrained_setup(tmp_path_factory, worker_id) -> PretrainedSetup:
-    """Built once per run: under xdist the first worker to ask builds it while holding a file lock, the others
-    wait for it and use the same folders (the xdist way to share a session fixture). Tests add trainings in
-    folders of their own, so it may be used by every worker at once."""
-    if worker_id == "master":
-        return build_pretrained_setup(tmp_path_factory.mktemp("pretrained_setup"))
-    root = tmp_path_factory.getbasetemp().parent / "pretrained_setup"
-    ready = root / "ready"
-    with FileLock(f"{root}.lock"):
-        if not ready.is_file():
-            if root.exists():
-                pytest.fail(f"pretrained_setup: building it failed on another worker; see {root / 'logs'}")
-            root.mkdir()
-            build_pretrained_setup(root)
-            ready.touch()
-    return PretrainedSetup.at(root)
+def pretrained_setup(tmp_path_factory) -> PretrainedSetup:
+    return build_pretrained_setup(tmp_path_factory.mktemp("pretrained_setup"))

@@ -91,19 +91,6 @@ def _write_synthetic(raw: Path, dataset_id: int, name: str, lesion: str, n: int,
     return write_nnunet_dataset(raw, dataset_id, name, cases)
 
 
-def _write_default_splits(preprocessed: Path) -> None:
-    """splits_final.json as nnU-Net's ``do_split`` would create it on the first fold-0 training (sorted case ids,
-    seed 12345, 5 folds), written here so that trainings started at once on several workers never race to
-    create it."""
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.crossval_split import generate_crossval_split
-
-    data = preprocessed / f"{PLANS}_{CONFIGURATION}"
-    identifiers = sorted(infer_dataset_class(str(data)).get_identifiers(str(data)))
-    splits = generate_crossval_split(identifiers, seed=12345, n_splits=5)
-    (preprocessed / "splits_final.json").write_text(json.dumps(splits, indent=4))
-
-
 def build_pretrained_setup(root: Path) -> PretrainedSetup:
     """Converts, plans, preprocesses and pre-trains under ``root`` (an empty folder)."""
     from dataset_conversion.multilesion import convert_multilesion
@@ -127,7 +114,6 @@ def build_pretrained_setup(root: Path) -> PretrainedSetup:
               log="move_plans")
     setup.run("nnUNetv2_preprocess", "-d", 902, 901, "-c", CONFIGURATION, "-plans_name", PLANS, "-np", 1,
               log="preprocess")
-    _write_default_splits(Path(setup.env["nnUNet_preprocessed"]) / TARGET_DATASET)
     setup.run("nnUNetv2_train", 901, CONFIGURATION, "all", "-tr", PRETRAIN_TRAINER, "-p", PLANS, "-device", "cpu",
               log="pretrain")
     assert setup.checkpoint.is_file(), f"pre-training wrote no checkpoint; see {root / 'logs' / 'pretrain.log'}"
