@@ -335,6 +335,8 @@ def _log_tails(study_dir: Path) -> str:
                      for log in sorted((study_dir / "logs").glob("*.log")))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_tiny_grid_runs_to_its_report_on_a_slurm_cluster(slurm_cluster, tmp_path, monkeypatch, capsys):
     """Planning of both datasets, pre-training, fine-tuning of two folds (a job array), validation, evaluation
     and the report, all as dependent SLURM jobs on the CPU; first with the target's data missing."""
