@@ -16,12 +16,6 @@ from helpers import SHARED_DATA
 REAL = SHARED_DATA / "covid-semiseg-2d"
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-
-
 def test_binary_cli_writes_png_2d_dataset_that_nnunet_accepts(tmp_path, capfd, monkeypatch):
     raw = write_covid_semiseg_2d_layout(tmp_path / "src", n_slices=3, seed=1)
     # the folder the archive was unpacked into is found below --input

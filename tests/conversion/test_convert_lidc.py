@@ -28,12 +28,6 @@ REAL = SHARED_DATA / "lidc-idri"
 SHAPE, SPACING = (12, 64, 64), (2.5, 0.9, 0.9)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-
-
 def _array(path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 

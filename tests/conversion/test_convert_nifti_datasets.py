@@ -20,12 +20,6 @@ from nnunet_covid.cli import main
 from helpers.nnunet_integrity import verify_with_nnunet
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-
-
 @pytest.fixture(scope="module")
 def raw_layouts(tmp_path_factory):
     """All four synthetic raw layouts, written once (tests copy them before breaking files)."""

@@ -16,12 +16,6 @@ from nnunet_covid.cli import main
 from helpers.nnunet_integrity import verify_with_nnunet
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-
-
 @pytest.fixture(scope="module")
 def plethora(tmp_path_factory):
     return write_nsclc_effusion_layout(tmp_path_factory.mktemp("plethora"), n_cases=2, seed=5)

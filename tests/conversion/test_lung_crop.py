@@ -17,11 +17,6 @@ from helpers.nnunet_integrity import verify_with_nnunet
 SHAPE = (24, 64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
-
-
 @pytest.mark.parametrize("lesion,seed", [("covid", 1), ("tumour", 2), ("effusion", 3)])
 def test_lung_mask_finds_the_synthetic_lungs(lesion, seed):
     case = make_case(lesion, seed, shape=SHAPE)
