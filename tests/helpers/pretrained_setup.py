@@ -1,6 +1,6 @@
 """The tiny pre-train/fine-tune workflow behind the ``pretrained_setup`` fixture (tests/conftest.py).
 
-:func:`build_pretrained_setup` runs it once with the stock nnU-Net CLI and returns a :class:`PretrainedSetup`:
+:func:`build_pretrained_setup` runs it once with the stock nnU-Net CLI into a :class:`PretrainedSetup`:
 
 - ``root``: folder holding ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` and ``logs``;
 - ``env``: the subprocess environment for nnU-Net commands (those three folders, one process/thread
@@ -19,7 +19,8 @@
   (``MultiLesionPretrainTrainer_tiny``) on the pre-train dataset;
 - ``run(tool, *args, log=name, extra_env=None)``: runs an nnU-Net console script with ``env``
   (updated by ``extra_env``; log in ``root/logs/<name>.log``; raises ``CommandFailed`` with the log
-  tail) and returns seconds taken;
+  tail) and returns seconds taken; through ``server`` (:class:`helpers.nnunet_fork_server.NnunetForkServer`,
+  the fixture starts one) when set, so it skips the seconds a fresh process spends importing nnU-Net;
 - ``results(dataset, trainer, fold)``: the fold folder of a training;
 - ``predict(dataset, trainer, fold, output, log)``: ``nnUNetv2_predict`` of the target's first case
   (``predict_input/TinyCovid_000_0000.nii.gz``) into ``output``; returns the predicted file.
@@ -32,6 +33,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers.nnunet_fork_server import NnunetForkServer
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
@@ -48,6 +51,7 @@ PRETRAIN_TRAINER = "MultiLesionPretrainTrainer_tiny"
 class PretrainedSetup:
     root: Path
     env: dict[str, str]
+    server: NnunetForkServer | None = None
     pretrain_dataset: str = PRETRAIN_DATASET
     target_dataset: str = TARGET_DATASET
     configuration: str = CONFIGURATION
@@ -70,7 +74,9 @@ class PretrainedSetup:
     def run(self, tool: str, *args, log: str, extra_env: dict[str, str] | None = None) -> float:
         from nnunet_covid.core.nnunet_commands import nnunet_tool, run_nnunet
 
-        return run_nnunet([nnunet_tool(tool), *map(str, args)], {**self.env, **(extra_env or {})},
+        args = [*map(str, args)]
+        command = self.server.command(tool, *args) if self.server else [nnunet_tool(tool), *args]
+        return run_nnunet(command, {**self.env, **(extra_env or {})},
                           self.root / "logs" / f"{log}.log", report=lambda _: None)
 
     def results(self, dataset: str, trainer: str, fold) -> Path:
@@ -91,11 +97,24 @@ def _write_synthetic(raw: Path, dataset_id: int, name: str, lesion: str, n: int,
     return write_nnunet_dataset(raw, dataset_id, name, cases)
 
 
-def build_pretrained_setup(root: Path) -> PretrainedSetup:
-    """Converts, plans, preprocesses and pre-trains under ``root`` (an empty folder)."""
+def _write_default_splits(preprocessed: Path) -> None:
+    """splits_final.json as nnU-Net's ``do_split`` would create it on the first fold-0 training (sorted case ids,
+    seed 12345, 5 folds), written here so that trainings started at once on several workers never race to
+    create it."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    data = preprocessed / f"{PLANS}_{CONFIGURATION}"
+    identifiers = sorted(infer_dataset_class(str(data)).get_identifiers(str(data)))
+    splits = generate_crossval_split(identifiers, seed=12345, n_splits=5)
+    (preprocessed / "splits_final.json").write_text(json.dumps(splits, indent=4))
+
+
+def build_pretrained_setup(setup: PretrainedSetup) -> None:
+    """Converts, plans, preprocesses and pre-trains under ``setup.root`` (holding only the empty nnU-Net folders)."""
     from dataset_conversion.multilesion import convert_multilesion
 
-    setup = PretrainedSetup.at(root)
+    root = setup.root
     raw = Path(setup.env["nnUNet_raw"])
     tumour = _write_synthetic(raw, 911, "TinyTumour", "tumour", 2, seed=0)
     effusion = _write_synthetic(raw, 912, "TinyEffusion", "effusion", 2, seed=10)
@@ -114,7 +133,7 @@ def build_pretrained_setup(root: Path) -> PretrainedSetup:
               log="move_plans")
     setup.run("nnUNetv2_preprocess", "-d", 902, 901, "-c", CONFIGURATION, "-plans_name", PLANS, "-np", 1,
               log="preprocess")
+    _write_default_splits(Path(setup.env["nnUNet_preprocessed"]) / TARGET_DATASET)
     setup.run("nnUNetv2_train", 901, CONFIGURATION, "all", "-tr", PRETRAIN_TRAINER, "-p", PLANS, "-device", "cpu",
               log="pretrain")
     assert setup.checkpoint.is_file(), f"pre-training wrote no checkpoint; see {root / 'logs' / 'pretrain.log'}"
-    return setup

@@ -71,11 +71,11 @@ def compiled_checkpoint(setup) -> Path:
 
 
 @pytest.mark.parametrize("trainer, dataset, pretrained", CASES, ids=[c[0] for c in CASES])
-def test_compiled_training_continue_validation_and_stock_prediction(pretrained_setup, slices_2d, trainer, dataset,
+def test_compiled_training_continue_validation_and_stock_prediction(pretrained_setup, request, trainer, dataset,
                                                                    pretrained, tmp_path):
     s = pretrained_setup
-    if dataset == "2d":
-        dataset_name, inputs, case = slices_2d
+    if dataset == "2d":  # asked for here only, so the 3D cases are free to run on any worker
+        dataset_name, inputs, case = request.getfixturevalue("slices_2d")
         configuration, ending = "2d", ".png"
     else:
         dataset_name = s.pretrain_dataset if dataset == "pretrain" else s.target_dataset
