@@ -24,7 +24,6 @@ import pytest
 import torch
 from filelock import FileLock
 
-from helpers.nnunet_fork_server import NnunetForkServer
 from helpers.pretrained_setup import PretrainedSetup, build_pretrained_setup
 
 TESTS = Path(__file__).resolve().parent
@@ -113,13 +112,12 @@ def pretrained_setup(tmp_path_factory) -> Iterator[PretrainedSetup]:
             pytest.fail(f"pretrained_setup: building it failed on another worker; see {root / 'logs'}")
         root.mkdir(exist_ok=True)
         setup = PretrainedSetup.at(root)
-        setup.server = NnunetForkServer(setup.env)
         if not built:
             try:
                 build_pretrained_setup(setup)
             except BaseException:
-                setup.server.close()
+                setup.close()
                 raise
             (root / "ready").touch()
     yield setup
-    setup.server.close()
+    setup.close()

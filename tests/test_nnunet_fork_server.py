@@ -1,5 +1,6 @@
 """The fork server that runs the end-to-end tests' nnU-Net commands (tests/helpers/nnunet_fork_server.py) runs them
-as the installed console scripts would: the client's argv, environment and streams, and its exit code."""
+as the installed console scripts would: the client's argv, environment and streams, and its exit code; a
+closed server runs nothing and says so in one line."""
 import os
 import subprocess
 
@@ -25,3 +26,10 @@ def test_commands_get_the_clients_arguments_environment_streams_and_exit_code(tm
         bad_flag = subprocess.run(server.command("nnUNetv2_train", "999", "3d_fullres", "0", "--no-such-flag"), env=client_env,
                                   capture_output=True, text=True, timeout=120)
         assert bad_flag.returncode == 2 and "unrecognized arguments: --no-such-flag" in bad_flag.stderr
+
+    # once the server is closed, its commands fail with one line instead of running anything
+    closed = subprocess.run(server.command("nnUNetv2_predict", "-h"), env=client_env, capture_output=True, text=True,
+                            timeout=60)
+    assert closed.returncode == 1
+    assert closed.stderr.strip().splitlines() == [f"nnunet_fork_client: no fork server at {server.socket} "
+                                                  "(No such file or directory); nnUNetv2_predict not run"]

@@ -12,7 +12,11 @@ def main() -> int:
     path, argv = sys.argv[1], sys.argv[2:]
     request = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd()}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(path)
+        try:
+            connection.connect(path)
+        except OSError as e:
+            print(f"nnunet_fork_client: no fork server at {path} ({e.strerror}); {argv[0]} not run", file=sys.stderr)
+            return 1
         socket.send_fds(connection, [request], [0, 1, 2])
         connection.shutdown(socket.SHUT_WR)  # the request ends here
         reply = b""

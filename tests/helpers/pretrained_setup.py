@@ -19,8 +19,9 @@
   (``MultiLesionPretrainTrainer_tiny``) on the pre-train dataset;
 - ``run(tool, *args, log=name, extra_env=None)``: runs an nnU-Net console script with ``env``
   (updated by ``extra_env``; log in ``root/logs/<name>.log``; raises ``CommandFailed`` with the log
-  tail) and returns seconds taken; through ``server`` (:class:`helpers.nnunet_fork_server.NnunetForkServer`,
-  the fixture starts one) when set, so it skips the seconds a fresh process spends importing nnU-Net;
+  tail) and returns seconds taken; through ``server``, the setup's
+  :class:`helpers.nnunet_fork_server.NnunetForkServer`, so it skips the seconds a fresh process spends
+  importing nnU-Net (``close()`` stops the server);
 - ``results(dataset, trainer, fold)``: the fold folder of a training;
 - ``predict(dataset, trainer, fold, output, log)``: ``nnUNetv2_predict`` of the target's first case
   (``predict_input/TinyCovid_000_0000.nii.gz``) into ``output``; returns the predicted file.
@@ -51,7 +52,7 @@ PRETRAIN_TRAINER = "MultiLesionPretrainTrainer_tiny"
 class PretrainedSetup:
     root: Path
     env: dict[str, str]
-    server: NnunetForkServer | None = None
+    server: NnunetForkServer
     pretrain_dataset: str = PRETRAIN_DATASET
     target_dataset: str = TARGET_DATASET
     configuration: str = CONFIGURATION
@@ -60,23 +61,24 @@ class PretrainedSetup:
 
     @classmethod
     def at(cls, root: Path) -> PretrainedSetup:
-        """The setup whose folders are (or will be) under ``root``."""
+        """The setup whose folders are (or will be) under ``root``, with its fork server started."""
         from nnunet_covid.core.nnunet_commands import nnunet_environment
 
         env = nnunet_environment(root, "cpu", {"OMP_NUM_THREADS": "1", "nnUNet_def_n_proc": "1",
                                                "nnUNet_n_proc_DA": "1", "nnUNet_compile": "false"})
-        return cls(root=root, env=env)
+        return cls(root=root, env=env, server=NnunetForkServer(env))
+
+    def close(self) -> None:
+        self.server.close()
 
     @property
     def checkpoint(self) -> Path:
         return self.results(self.pretrain_dataset, self.pretrain_trainer, "all") / "checkpoint_final.pth"
 
     def run(self, tool: str, *args, log: str, extra_env: dict[str, str] | None = None) -> float:
-        from nnunet_covid.core.nnunet_commands import nnunet_tool, run_nnunet
+        from nnunet_covid.core.nnunet_commands import run_nnunet
 
-        args = [*map(str, args)]
-        command = self.server.command(tool, *args) if self.server else [nnunet_tool(tool), *args]
-        return run_nnunet(command, {**self.env, **(extra_env or {})},
+        return run_nnunet(self.server.command(tool, *map(str, args)), {**self.env, **(extra_env or {})},
                           self.root / "logs" / f"{log}.log", report=lambda _: None)
 
     def results(self, dataset: str, trainer: str, fold) -> Path:
